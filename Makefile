@@ -1,0 +1,86 @@
+# The two Quick-start commands (`make demo`, `make test`) and everything they need on a fresh
+# Debian 12 machine. Downloads and builds are cached outside the tree, keyed by what they hold.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CACHE  ?= $(HOME)/.cache/ampere-llm
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PINS   := collections/ansible_collections/ampere/llm/roles/llama_cpp/defaults/main.yml
+LCP_VERSION  := $(shell awk -F'"' '/^llama_cpp_python_version:/{print $$2}' $(PINS))
+LLAMA_COMMIT := $(shell awk -F'"' '/^llama_cpp_commit:/{print $$2}' $(PINS))
+SDIST  := $(CACHE)/sdist/llama_cpp_python-$(LCP_VERSION).tar.gz
+SRC    := $(CACHE)/src/llama_cpp_python-$(LCP_VERSION)
+# One native build of llama.cpp on this host serves the bindings, llama-server and llama-bench.
+LLAMA  := $(CACHE)/llama.cpp/$(LLAMA_COMMIT)-native
+JOBS   ?= $(shell nproc)
+APT_PACKAGES := build-essential cmake pkg-config nginx-light chromium debootstrap systemd-container \
+                iproute2 curl
+
+export LLAMA_CPP_LIB_PATH := $(abspath $(LLAMA))/bin
+export AMPERE_LLM_CACHE   := $(CACHE)
+export AMPERE_LLM_LLAMA_BIN := $(abspath $(LLAMA))/bin
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help setup deps venv llama test demo demo-down bench clean
+
+help:
+	@echo "make demo   - bring up a node on this machine (booted systemd container, site.yml) and stream one answer"
+	@echo "make test   - everything: backend, page in Chromium, collection via molecule"
+	@echo "make bench  - speed side by side with llama-bench and llama-server, ratios and a plot"
+
+setup: deps venv
+
+# System packages, once per machine (the stamp keeps reruns instant).
+deps: $(CACHE)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
+$(CACHE)/.apt-%:
+	@mkdir -p $(CACHE)
+	@echo "==> apt: $(APT_PACKAGES)"
+	DEBIAN_FRONTEND=noninteractive apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
+	@touch $@
+
+$(SDIST):
+	@echo "==> downloading llama-cpp-python $(LCP_VERSION) sdist (vendors llama.cpp $(LLAMA_COMMIT))"
+	pip download --no-deps --no-binary :all: --progress-bar on -d $(CACHE)/sdist llama-cpp-python==$(LCP_VERSION)
+
+$(SRC)/.unpacked: $(SDIST)
+	mkdir -p $(CACHE)/src && tar xzf $(SDIST) -C $(CACHE)/src && touch $@
+
+# llama.cpp compiled once from the tree the bindings vendor: the ABI matches by construction.
+llama: $(LLAMA)/.built
+$(LLAMA)/.built: $(SRC)/.unpacked | deps
+	@echo "==> building llama.cpp $(LLAMA_COMMIT) (native, -j$(JOBS)); ~4 min on 2 cores"
+	cmake -S $(SRC)/vendor/llama.cpp -B $(LLAMA) -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+	  -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON >/dev/null
+	cmake --build $(LLAMA) -j$(JOBS) --target llama llama-server llama-bench
+	@touch $@
+
+# The bindings without a second llama.cpp compile (LLAMA_BUILD=OFF); they load the library
+# above through LLAMA_CPP_LIB_PATH, exported for every recipe.
+venv: $(VENV)/.ready
+$(VENV)/.ready: requirements-dev.txt files/backend/pyproject.toml $(LLAMA)/.built
+	@echo "==> python venv $(VENV)"
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -r requirements-dev.txt
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install --no-cache-dir --no-deps $(SDIST)
+	$(PY) -m pip install -e files/backend
+	@touch $@
+
+test: setup
+	bash tests/run.sh
+
+demo: setup
+	bash scripts/demo.sh up
+
+demo-down:
+	bash scripts/demo.sh down
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
