@@ -1,0 +1,137 @@
+#!/usr/bin/python
+# The pool's network on OCI: VCN, internet gateway, route table, two public subnets, and security
+# lists that let only the load balancer reach the nodes' port 80 and only an admin CIDR reach SSH.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: oci_network
+short_description: The VCN, subnets, gateway, routes and security lists of an ampere-llm pool
+description:
+  - Creates (or finds by name) a VCN with an internet gateway, a route table to it, a public
+    subnet for the load balancer and a public subnet for the nodes.
+  - The balancer's security list admits C(listen_port) from anywhere; the nodes' admits
+    C(listen_port) only from the balancer's subnet and SSH only from C(admin_cidr).
+  - Idempotent by display name (C(<name>-vcn), C(<name>-lb), C(<name>-nodes), ...); security
+    rules that drifted are put back. Check mode reports what would be created or changed.
+options:
+  compartment_id: {type: str, required: true, description: Compartment OCID.}
+  name: {type: str, default: ampere-llm, description: Prefix of every resource's display name.}
+  vcn_cidr: {type: str, default: 10.0.0.0/16}
+  lb_subnet_cidr: {type: str, default: 10.0.0.0/24}
+  node_subnet_cidr: {type: str, default: 10.0.1.0/24}
+  admin_cidr: {type: str, default: "", description: "CIDR allowed to SSH to the nodes; empty: no SSH."}
+  listen_port: {type: int, default: 80}
+extends_documentation_fragment: []
+notes:
+  - Common options (auth_type, config_file, config_profile, region, wait_timeout, poll_interval) are
+    shared by every ampere.llm oci_* module; see docs/oci.md.
+"""
+
+RETURN = r"""
+vcn_id: {type: str}
+lb_subnet_id: {type: str}
+node_subnet_id: {type: str}
+"""
+
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule
+
+try:
+    from oci.core import models as m
+except ImportError:
+    pass
+
+
+def rule_key(rule, peer):
+    """A security rule as a comparable tuple: protocol, peer CIDR, destination port range."""
+    tcp = rule.tcp_options
+    rng = (tcp.destination_port_range.min, tcp.destination_port_range.max) if tcp and tcp.destination_port_range else None
+    return (rule.protocol, getattr(rule, peer), rng)
+
+
+def tcp_in(source, port):
+    return m.IngressSecurityRule(protocol="6", source=source, source_type="CIDR_BLOCK",
+                                 tcp_options=m.TcpOptions(destination_port_range=m.PortRange(min=port, max=port)))
+
+
+def main():
+    mod = OciModule(dict(
+        compartment_id=dict(type="str", required=True),
+        name=dict(type="str", default="ampere-llm"),
+        vcn_cidr=dict(type="str", default="10.0.0.0/16"),
+        lb_subnet_cidr=dict(type="str", default="10.0.0.0/24"),
+        node_subnet_cidr=dict(type="str", default="10.0.1.0/24"),
+        admin_cidr=dict(type="str", default=""),
+        listen_port=dict(type="int", default=80),
+    ))
+    p, o = mod.params, mod.oci
+    net, comp, name = o.network, p["compartment_id"], p["name"]
+    changes = {}
+
+    def ensure(kind, display, list_fn, create_fn, details, get_fn, list_kw=None):
+        """Find `display` or create it from `details`; in check mode, just note the creation."""
+        cur = o.find(list_fn, comp, name=display, **(list_kw or {})) if list_kw is not None or kind == "vcn" else None
+        if cur is not None:
+            return cur
+        changes[display] = "create"
+        if mod.check_mode:
+            return None
+        created = o.call(create_fn, details).data
+        return o.wait(get_fn, created.id, {"AVAILABLE"}, kind)
+
+    def ensure_rules(display, current, ingress, egress, update_fn, details_cls, kind):
+        """Put security rules back to the desired set when they drifted (order does not matter)."""
+        if current is None:
+            return
+        want = ({rule_key(r, "source") for r in ingress}, {rule_key(r, "destination") for r in egress})
+        have = ({rule_key(r, "source") for r in current.ingress_security_rules or []},
+                {rule_key(r, "destination") for r in current.egress_security_rules or []})
+        if want != have:
+            changes[display] = {"before": [sorted(map(str, s)) for s in have], "after": [sorted(map(str, s)) for s in want]}
+            if not mod.check_mode:
+                o.call(update_fn, current.id, details_cls(ingress_security_rules=ingress, egress_security_rules=egress))
+
+    def body():
+        vcn = ensure("vcn", f"{name}-vcn", net.list_vcns, net.create_vcn, m.CreateVcnDetails(
+            compartment_id=comp, cidr_block=p["vcn_cidr"], display_name=f"{name}-vcn"), net.get_vcn)
+        under = {"vcn_id": vcn.id} if vcn else None
+        vid = vcn.id if vcn else None
+        igw = ensure("internet gateway", f"{name}-igw", net.list_internet_gateways, net.create_internet_gateway,
+                     m.CreateInternetGatewayDetails(compartment_id=comp, vcn_id=vid, is_enabled=True,
+                                                    display_name=f"{name}-igw"), net.get_internet_gateway, under)
+        rules = [m.RouteRule(destination="0.0.0.0/0", destination_type="CIDR_BLOCK",
+                             network_entity_id=igw.id if igw else None)]
+        rt = ensure("route table", f"{name}-rt", net.list_route_tables, net.create_route_table,
+                    m.CreateRouteTableDetails(compartment_id=comp, vcn_id=vid, route_rules=rules,
+                                              display_name=f"{name}-rt"), net.get_route_table, under)
+        port, everywhere = p["listen_port"], [m.EgressSecurityRule(protocol="all", destination="0.0.0.0/0",
+                                                                  destination_type="CIDR_BLOCK")]
+        lb_in = [tcp_in("0.0.0.0/0", port)]
+        lb_out = [m.EgressSecurityRule(protocol="6", destination=p["node_subnet_cidr"], destination_type="CIDR_BLOCK",
+                                       tcp_options=m.TcpOptions(destination_port_range=m.PortRange(min=port, max=port)))]
+        node_in = [tcp_in(p["lb_subnet_cidr"], port)] + ([tcp_in(p["admin_cidr"], 22)] if p["admin_cidr"] else [])
+        lists = {}
+        for role, ingress, egress in (("lb", lb_in, lb_out), ("nodes", node_in, everywhere)):
+            display = f"{name}-{role}-sl"
+            sl = ensure("security list", display, net.list_security_lists, net.create_security_list,
+                        m.CreateSecurityListDetails(compartment_id=comp, vcn_id=vid, display_name=display,
+                                                    ingress_security_rules=ingress, egress_security_rules=egress),
+                        net.get_security_list, under)
+            if display not in changes:
+                ensure_rules(display, sl, ingress, egress, net.update_security_list, m.UpdateSecurityListDetails, role)
+            lists[role] = sl
+        subnets = {}
+        for role, cidr in (("lb", p["lb_subnet_cidr"]), ("nodes", p["node_subnet_cidr"])):
+            display = f"{name}-{role}"
+            subnets[role] = ensure("subnet", display, net.list_subnets, net.create_subnet, m.CreateSubnetDetails(
+                compartment_id=comp, vcn_id=vid, cidr_block=cidr, display_name=display,
+                route_table_id=rt.id if rt else None, prohibit_public_ip_on_vnic=False,
+                security_list_ids=[lists[role].id] if lists[role] else None), net.get_subnet, under)
+        ids = dict(vcn_id=vid, lb_subnet_id=getattr(subnets["lb"], "id", None),
+                   node_subnet_id=getattr(subnets["nodes"], "id", None))
+        return mod.result(bool(changes), ids, before={}, after=changes, changes=changes)
+
+    mod.run(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""A local stand-in of exactly the OCI endpoints the ampere.llm modules call, for tests only.
+
+It listens on 127.0.0.1, VERIFIES every request's signature (OCI's draft-cavage HTTP signatures,
+rsa-sha256, with the body headers on PUT/POST) against the test key, keeps resource state with the
+real lifecycle transitions (PROVISIONING -> AVAILABLE/RUNNING, load balancer work requests,
+TERMINATING -> TERMINATED) and answers with JSON made by the SDK's own models and serializer, so
+the SDK parses it exactly as it parses OCI. It also plays the load balancer's health checks:
+a backend becomes OK `health_delay` seconds after its instance runs, unless its image is "bad".
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import re
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import oci
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from oci.autoscaling import models as asm
+from oci.core import models as cm
+from oci.identity import models as im
+from oci.load_balancer import models as lbm
+
+AD = "Uocm:STANDIN-AD-1"
+
+
+class ApiError(Exception):
+    def __init__(self, status, code, message):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def now():
+    return datetime.now(timezone.utc)
+
+
+def build(cls, details=None, **extra):
+    """A model of `cls` filled from the same-named fields of a *Details model, then `extra`."""
+    kw = {}
+    if details is not None:
+        kw = {k: getattr(details, k) for k in details.swagger_types if k in cls().swagger_types}
+    kw.update(extra)
+    return cls(**{k: v for k, v in kw.items() if v is not None})
+
+
+class StandIn:
+    def __init__(self, tenancy, user, fingerprint, public_key_pem, config, delay=0.2, health_delay=0.4):
+        self.key_id = f"{tenancy}/{user}/{fingerprint}"
+        self.public_key = serialization.load_pem_public_key(public_key_pem)
+        self.delay, self.health_delay = delay, health_delay
+        self.bad_images: set[str] = set()      # instances of these images never pass health checks
+        self.instance_limit = 100              # service limit on instances (400 LimitExceeded above)
+        self.lock = threading.RLock()
+        self.res: dict[str, object] = {}       # OCID -> SDK model
+        self.kind: dict[str, str] = {}         # OCID -> kind
+        self.pending: list[tuple[float, callable]] = []
+        self.requests: list[tuple[str, str]] = []   # (method, path) of every verified request
+        self.events: list[tuple[float, str, str]] = []  # (time, what, id): drains, detaches, ...
+        self.serving_log: list[tuple[float, int]] = []  # (time, backends OK and not drained)
+        self.ip = itertools.count(10)
+        # Each service's serializer: the SDK's own, so shapes and camelCase names are OCI's.
+        self.ser = {v: c(config).base_client for v, c in {
+            "20160918": oci.core.ComputeClient, "20170115": oci.load_balancer.LoadBalancerClient,
+            "20181001": oci.autoscaling.AutoScalingClient}.items()}
+        self.ident = oci.identity.IdentityClient(config).base_client
+        self.routes = [(m, re.compile(f"^/{v}{p}$"), h) for m, v, p, h in self._routes()]
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def later(self, fn, delay=None):
+        self.pending.append((time.monotonic() + (self.delay if delay is None else delay), fn))
+
+    def tick(self):
+        due = [p for p in self.pending if p[0] <= time.monotonic()]
+        self.pending = [p for p in self.pending if p[0] > time.monotonic()]
+        for _, fn in sorted(due, key=lambda p: p[0]):
+            fn()
+
+    def new_id(self, kind, model):
+        model.id = f"ocid1.{kind.lower()}.oc1.standin.{uuid.uuid4().hex[:20]}"
+        self.res[model.id], self.kind[model.id] = model, kind
+        return model
+
+    def get(self, rid, kind):
+        if self.kind.get(rid) != kind:
+            raise ApiError(404, "NotAuthorizedOrNotFound", f"{kind} {rid} not found or not authorized")
+        return self.res[rid]
+
+    def of_kind(self, kind, q, **match):
+        out = [r for i, r in self.res.items() if self.kind[i] == kind
+               and getattr(r, "compartment_id", None) == q.get("compartmentId")]
+        for attr, param in match.items():
+            if q.get(param) is not None:
+                out = [r for r in out if getattr(r, attr) == q[param]]
+        return out
+
+    # ---- test helpers --------------------------------------------------------------------
+    def add_instance(self, compartment_id, image_id="ocid1.image.oc1.standin.ubuntu", name="seed"):
+        with self.lock:
+            return self._launch(compartment_id, image_id, name, None, cm.InstancePoolPlacementConfiguration(
+                availability_domain=AD, fault_domains=["FAULT-DOMAIN-1"])).id
+
+    def mutations(self):
+        return [r for r in self.requests if r[0] != "GET"]
+
+    def backend_health(self, lb, bs_name):
+        with self.lock:
+            return {b.name: self._health(b) for b in lb.backend_sets[bs_name].backends}
+
+    # ---- signature check -----------------------------------------------------------------
+    def verify(self, method, path, headers, body):
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Signature "):
+            raise ApiError(401, "NotAuthenticated", "missing Signature authorization")
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', auth))
+        if fields.get("keyId") != self.key_id or fields.get("algorithm") != "rsa-sha256":
+            raise ApiError(401, "NotAuthenticated", "unknown keyId or algorithm")
+        signed = fields.get("headers", "").split()
+        need = {"date", "(request-target)", "host"}
+        if method in ("POST", "PUT", "PATCH"):
+            need |= {"x-content-sha256", "content-type", "content-length"}
+            digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            if headers.get("x-content-sha256") != digest or int(headers.get("content-length", -1)) != len(body):
+                raise ApiError(401, "NotAuthenticated", "body does not match x-content-sha256/content-length")
+        if not need <= set(signed):
+            raise ApiError(401, "NotAuthenticated", f"signature must cover {sorted(need)}")
+        if abs((now() - parsedate_to_datetime(headers["date"])).total_seconds()) > 300:
+            raise ApiError(401, "NotAuthenticated", "date header too far from now")
+        lines = [f"(request-target): {method.lower()} {path}" if h == "(request-target)" else f"{h}: {headers[h]}"
+                 for h in signed]
+        try:
+            self.public_key.verify(base64.b64decode(fields["signature"]), "\n".join(lines).encode(),
+                                   padding.PKCS1v15(), hashes.SHA256())
+        except Exception:
+            raise ApiError(401, "NotAuthenticated", "signature does not verify") from None
+
+    # ---- HTTP plumbing -------------------------------------------------------------------
+    def _handler(self):
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _do(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, out, extra = standin.dispatch(self.command, self.path, headers, body)
+                data = b"" if out is None else json.dumps(out).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("opc-request-id", uuid.uuid4().hex)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _do
+
+        return Handler
+
+    def dispatch(self, method, raw_path, headers, body):
+        with self.lock:
+            try:
+                self.verify(method, raw_path, headers, body)
+                self.tick()
+                url = urlsplit(raw_path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                for m, rx, handler in self.routes:
+                    if m == method and (match := rx.match(url.path)):
+                        self.requests.append((method, url.path))
+                        version = url.path.split("/")[1]
+                        ser = self.ident if url.path.endswith("/availabilityDomains") else self.ser[version]
+                        parse = lambda t: ser.deserialize_response_data(body, t)  # noqa: E731
+                        result = handler(q, parse, *match.groups())
+                        status, model, extra = result if isinstance(result, tuple) else (200, result, {})
+                        self.record_serving()
+                        return status, None if model is None else ser.sanitize_for_serialization(model), extra
+                raise ApiError(404, "NotFound", f"the stand-in has no {method} {url.path}")
+            except ApiError as e:
+                return e.status, {"code": e.code, "message": e.message}, {}
+
+    def _routes(self):
+        core, lb, asc = "20160918", "20170115", "20181001"
+        return [
+            ("GET", core, "/availabilityDomains", lambda q, p: [im.AvailabilityDomain(
+                name=AD, id="ocid1.availabilitydomain.oc1.standin", compartment_id=q.get("compartmentId"))]),
+            *self._simple_routes(core),
+            ("POST", core, "/images", self.create_image),
+            ("GET", core, "/images", lambda q, p: self.of_kind("Image", q, display_name="displayName")),
+            ("GET", core, "/images/([^/]+)", lambda q, p, i: self.get(i, "Image")),
+            ("GET", core, "/instances/([^/]+)", lambda q, p, i: self.get(i, "Instance")),
+            ("GET", core, "/vnicAttachments", lambda q, p: self.of_kind("VnicAttachment", q, instance_id="instanceId")),
+            ("GET", core, "/vnics/([^/]+)", lambda q, p, i: self.get(i, "Vnic")),
+            ("POST", core, "/instanceConfigurations", self.create_instance_configuration),
+            ("GET", core, "/instanceConfigurations", lambda q, p: [
+                build(cm.InstanceConfigurationSummary, c) for c in self.of_kind("InstanceConfiguration", q)]),
+            ("GET", core, "/instanceConfigurations/([^/]+)", lambda q, p, i: self.get(i, "InstanceConfiguration")),
+            ("POST", core, "/instancePools", self.create_instance_pool),
+            ("GET", core, "/instancePools", lambda q, p: [
+                build(cm.InstancePoolSummary, x, availability_domains=[AD]) for x in
+                self.of_kind("InstancePool", q, display_name="displayName")]),
+            ("GET", core, "/instancePools/([^/]+)", lambda q, p, i: self.get(i, "InstancePool")),
+            ("PUT", core, "/instancePools/([^/]+)", self.update_instance_pool),
+            ("GET", core, "/instancePools/([^/]+)/instances", self.list_pool_instances),
+            ("POST", core, "/instancePools/([^/]+)/actions/detachInstance", self.detach_instance),
+            ("POST", lb, "/loadBalancers", self.create_lb),
+            ("GET", lb, "/loadBalancers", lambda q, p: self.of_kind("LoadBalancer", q, display_name="displayName")),
+            ("GET", lb, "/loadBalancers/([^/]+)", lambda q, p, i: self.get(i, "LoadBalancer")),
+            ("GET", lb, "/loadBalancerWorkRequests/([^/]+)", lambda q, p, i: self.get(i, "WorkRequest")),
+            ("PUT", lb, "/loadBalancers/([^/]+)/listeners/([^/]+)", self.update_listener),
+            ("PUT", lb, "/loadBalancers/([^/]+)/backendSets/([^/]+)", self.update_backend_set),
+            ("GET", lb, "/loadBalancers/([^/]+)/backendSets/([^/]+)/health", self.backend_set_health),
+            ("PUT", lb, "/loadBalancers/([^/]+)/backendSets/([^/]+)/backends/([^/]+)", self.update_backend),
+            ("POST", asc, "/autoScalingConfigurations", self.create_autoscaling),
+            ("GET", asc, "/autoScalingConfigurations", lambda q, p: [
+                build(asm.AutoScalingConfigurationSummary, a) for a in self.of_kind("AutoScalingConfiguration", q)]),
+            ("GET", asc, "/autoScalingConfigurations/([^/]+)", lambda q, p, i: self.get(i, "AutoScalingConfiguration")),
+            ("PUT", asc, "/autoScalingConfigurations/([^/]+)", self.update_autoscaling),
+            ("DELETE", asc, "/autoScalingConfigurations/([^/]+)", self.delete_autoscaling),
+        ]
+
+    # ---- networking: create, list, get (and update for rules) with PROVISIONING -> AVAILABLE
+    def _simple_routes(self, v):
+        kinds = {"vcns": (cm.Vcn, "CreateVcnDetails", None), "subnets": (cm.Subnet, "CreateSubnetDetails", None),
+                 "internetGateways": (cm.InternetGateway, "CreateInternetGatewayDetails", None),
+                 "routeTables": (cm.RouteTable, "CreateRouteTableDetails", "UpdateRouteTableDetails"),
+                 "securityLists": (cm.SecurityList, "CreateSecurityListDetails", "UpdateSecurityListDetails")}
+        out = []
+        for path, (cls, create_t, update_t) in kinds.items():
+            kind = cls.__name__
+
+            def create(q, parse, cls=cls, create_t=create_t, kind=kind):
+                d = parse(create_t)
+                if getattr(d, "vcn_id", None):
+                    self.get(d.vcn_id, "Vcn")
+                extra = {"cidr_block": d.cidr_block} if kind == "Vcn" else {}
+                m = self.new_id(kind, build(cls, d, lifecycle_state="PROVISIONING", time_created=now(), **extra))
+                self.later(lambda: setattr(m, "lifecycle_state", "AVAILABLE"))
+                return m
+
+            def update(q, parse, rid, update_t=update_t, kind=kind):
+                m, d = self.get(rid, kind), parse(update_t)
+                for k in d.swagger_types:
+                    if getattr(d, k) is not None:
+                        setattr(m, k, getattr(d, k))
+                return m
+
+            out += [("POST", v, f"/{path}", create),
+                    ("GET", v, f"/{path}", lambda q, p, kind=kind: self.of_kind(kind, q, vcn_id="vcnId")),
+                    ("GET", v, f"/{path}/([^/]+)", lambda q, p, i, kind=kind: self.get(i, kind))]
+            if update_t:
+                out.append(("PUT", v, f"/{path}/([^/]+)", update))
+        return out
+
+    # ---- compute -------------------------------------------------------------------------
+    def create_image(self, q, parse):
+        d = parse("CreateImageDetails")
+        self.get(d.instance_id, "Instance")
+        img = self.new_id("Image", build(cm.Image, d, lifecycle_state="PROVISIONING", time_created=now(),
+                                         operating_system="Canonical Ubuntu", create_image_allowed=True,
+                                         launch_mode="PARAVIRTUALIZED"))
+        self.later(lambda: setattr(img, "lifecycle_state", "AVAILABLE"))
+        return img
+
+    def _launch(self, compartment_id, image_id, name, pool, placement):
+        n = next(self.ip)
+        fds = placement.fault_domains or ["FAULT-DOMAIN-1", "FAULT-DOMAIN-2", "FAULT-DOMAIN-3"]
+        inst = self.new_id("Instance", cm.Instance(
+            compartment_id=compartment_id, availability_domain=placement.availability_domain, display_name=name,
+            fault_domain=fds[n % len(fds)], image_id=image_id, lifecycle_state="PROVISIONING", region="standin",
+            shape="VM.Standard.A2.Flex", time_created=now(),
+            instance_configuration_id=pool.instance_configuration_id if pool else None,
+            source_details=cm.InstanceSourceViaImageDetails(source_type="image", image_id=image_id)))
+        vnic = self.new_id("Vnic", cm.Vnic(compartment_id=compartment_id, private_ip=f"10.0.1.{n}",
+                                           lifecycle_state="AVAILABLE", is_primary=True,
+                                           subnet_id=placement.primary_subnet_id))
+        self.new_id("VnicAttachment", cm.VnicAttachment(
+            compartment_id=compartment_id, instance_id=inst.id, vnic_id=vnic.id, lifecycle_state="ATTACHED",
+            availability_domain=placement.availability_domain))
+        inst._ip, inst._pool, inst._running_since = vnic.private_ip, pool.id if pool else None, None
+
+        def running():
+            if inst.lifecycle_state != "PROVISIONING":
+                return
+            inst.lifecycle_state, inst._running_since = "RUNNING", time.monotonic()
+            for att in (pool.load_balancers if pool else []):  # the pool registers its instances
+                bs = self.get(att.load_balancer_id, "LoadBalancer").backend_sets[att.backend_set_name]
+                bs.backends.append(lbm.Backend(name=f"{inst._ip}:{att.port}", ip_address=inst._ip, port=att.port,
+                                               weight=1, drain=False, backup=False, offline=False))
+        self.later(running)
+        return inst
+
+    def _pool_instances(self, pool):
+        return [r for i, r in self.res.items() if self.kind[i] == "Instance" and r._pool == pool.id
+                and r.lifecycle_state not in ("TERMINATING", "TERMINATED")]
+
+    def _terminate(self, inst):
+        inst.lifecycle_state, inst._pool = "TERMINATING", None
+        for lb in [r for i, r in self.res.items() if self.kind[i] == "LoadBalancer"]:
+            for bs in lb.backend_sets.values():
+                bs.backends = [b for b in bs.backends if b.ip_address != inst._ip]
+        self.later(lambda: setattr(inst, "lifecycle_state", "TERMINATED"))
+
+    def _resize(self, pool):
+        have = self._pool_instances(pool)
+        cfg = self.get(pool.instance_configuration_id, "InstanceConfiguration")
+        image = cfg.instance_details.launch_details.source_details.image_id
+        for k in range(pool.size - len(have)):
+            self._launch(pool.compartment_id, image, f"inst-{uuid.uuid4().hex[:5]}", pool, pool.placement_configurations[0])
+        for inst in have[pool.size:]:
+            self._terminate(inst)
+        pool.lifecycle_state = "SCALING" if pool.lifecycle_state == "RUNNING" else pool.lifecycle_state
+        self.later(lambda: setattr(pool, "lifecycle_state", "RUNNING"))
+
+    def _check_limit(self, extra):
+        used = len([r for i, r in self.res.items() if self.kind[i] == "Instance" and r._pool
+                    and r.lifecycle_state not in ("TERMINATING", "TERMINATED")])
+        if used + extra > self.instance_limit:
+            raise ApiError(400, "LimitExceeded", f"The following service limits were exceeded: "
+                           f"standard-a2-core-count (wanted {used + extra} instances, limit {self.instance_limit})")
+
+    def create_instance_configuration(self, q, parse):
+        d = parse("CreateInstanceConfigurationDetails")
+        return self.new_id("InstanceConfiguration", build(cm.InstanceConfiguration, d, time_created=now()))
+
+    def create_instance_pool(self, q, parse):
+        d = parse("CreateInstancePoolDetails")
+        self.get(d.instance_configuration_id, "InstanceConfiguration")
+        self._check_limit(d.size)
+        placements = [build(cm.InstancePoolPlacementConfiguration, p) for p in d.placement_configurations]
+        pool = self.new_id("InstancePool", build(cm.InstancePool, d, placement_configurations=placements,
+                                                 lifecycle_state="PROVISIONING", time_created=now(), load_balancers=[]))
+        for a in d.load_balancers or []:
+            self.get(a.load_balancer_id, "LoadBalancer")
+            pool.load_balancers.append(build(cm.InstancePoolLoadBalancerAttachment, a, id=f"att-{uuid.uuid4().hex[:8]}",
+                                             instance_pool_id=pool.id, lifecycle_state="ATTACHED"))
+        self._resize(pool)
+        return pool
+
+    def update_instance_pool(self, q, parse, pid):
+        pool, d = self.get(pid, "InstancePool"), parse("UpdateInstancePoolDetails")
+        if d.instance_configuration_id:
+            self.get(d.instance_configuration_id, "InstanceConfiguration")
+            pool.instance_configuration_id = d.instance_configuration_id
+        if d.size is not None and d.size != pool.size:
+            self._check_limit(max(0, d.size - len(self._pool_instances(pool))))
+            pool.size = d.size
+            self._resize(pool)
+        return pool
+
+    def list_pool_instances(self, q, parse, pid):
+        pool = self.get(pid, "InstancePool")
+        return [cm.InstanceSummary(id=i.id, availability_domain=i.availability_domain, compartment_id=i.compartment_id,
+                                   display_name=i.display_name, fault_domain=i.fault_domain, region="standin",
+                                   instance_configuration_id=i.instance_configuration_id, shape=i.shape,
+                                   state=i.lifecycle_state.capitalize(), time_created=i.time_created)
+                for i in self._pool_instances(pool)]
+
+    def detach_instance(self, q, parse, pid):
+        pool, d = self.get(pid, "InstancePool"), parse("DetachInstancePoolInstanceDetails")
+        inst = self.get(d.instance_id, "Instance")
+        if inst._pool != pool.id:
+            raise ApiError(400, "InvalidParameter", f"instance {inst.id} is not in pool {pool.id}")
+        self.events.append((time.monotonic(), "detach", inst._ip))
+        if d.is_decrement_size:
+            pool.size -= 1
+        if d.is_auto_terminate:
+            self._terminate(inst)
+        return 202, None, {"opc-work-request-id": f"ocid1.workrequest.oc1.standin.{uuid.uuid4().hex[:12]}"}
+
+    # ---- load balancer ---------------------------------------------------------------------
+    def work(self, lb, kind, apply):
+        """LB changes happen asynchronously: a work request that succeeds after `delay`."""
+        wr = self.new_id("WorkRequest", lbm.WorkRequest(load_balancer_id=lb.id, type=kind, compartment_id=lb.compartment_id,
+                                                         lifecycle_state="IN_PROGRESS", message="", time_accepted=now(),
+                                                         error_details=[]))
+
+        def done():
+            apply()
+            wr.lifecycle_state, wr.time_finished = "SUCCEEDED", now()
+        self.later(done)
+        return 204, None, {"opc-work-request-id": wr.id}
+
+    def create_lb(self, q, parse):
+        d = parse("CreateLoadBalancerDetails")
+        for s in d.subnet_ids:
+            self.get(s, "Subnet")
+        listeners = {n: build(lbm.Listener, x, name=n) for n, x in (d.listeners or {}).items()}
+        sets = {n: build(lbm.BackendSet, x, name=n, backends=[], health_checker=build(lbm.HealthChecker, x.health_checker))
+                for n, x in (d.backend_sets or {}).items()}
+        lb = self.new_id("LoadBalancer", build(lbm.LoadBalancer, d, listeners=listeners, backend_sets=sets,
+                                               lifecycle_state="CREATING", time_created=now(),
+                                               ip_addresses=[lbm.IpAddress(ip_address="203.0.113.10", is_public=True)]))
+        return self.work(lb, "CreateLoadBalancer", lambda: setattr(lb, "lifecycle_state", "ACTIVE"))
+
+    def update_listener(self, q, parse, lid, name):
+        lb, d = self.get(lid, "LoadBalancer"), parse("UpdateListenerDetails")
+        return self.work(lb, "UpdateListener", lambda: lb.listeners.__setitem__(name, build(lbm.Listener, d, name=name)))
+
+    def update_backend_set(self, q, parse, lid, name):
+        lb, d = self.get(lid, "LoadBalancer"), parse("UpdateBackendSetDetails")
+        bs = lb.backend_sets[name]
+
+        def apply():
+            bs.policy, bs.health_checker = d.policy, build(lbm.HealthChecker, d.health_checker)
+        return self.work(lb, "UpdateBackendSet", apply)
+
+    def update_backend(self, q, parse, lid, bs_name, name):
+        lb, d = self.get(lid, "LoadBalancer"), parse("UpdateBackendDetails")
+        backend = next((b for b in lb.backend_sets[bs_name].backends if b.name == name), None)
+        if backend is None:
+            raise ApiError(404, "NotFound", f"backend {name} not in {bs_name}")
+
+        def apply():
+            if d.drain and not backend.drain:
+                self.events.append((time.monotonic(), "drain", backend.ip_address))
+            backend.drain, backend.offline, backend.weight = d.drain, d.offline, d.weight
+        return self.work(lb, "UpdateBackend", apply)
+
+    def _health(self, backend):
+        inst = next((r for i, r in self.res.items() if self.kind[i] == "Instance" and r._ip == backend.ip_address), None)
+        if inst is None or inst._running_since is None:
+            return "UNKNOWN"
+        ok = (inst.image_id not in self.bad_images and inst.lifecycle_state == "RUNNING"
+              and time.monotonic() - inst._running_since >= self.health_delay)
+        return "OK" if ok else "CRITICAL"
+
+    def backend_set_health(self, q, parse, lid, name):
+        backends = self.get(lid, "LoadBalancer").backend_sets[name].backends
+        states = {b.name: self._health(b) for b in backends}
+        pick = lambda s: sorted(n for n, v in states.items() if v == s)  # noqa: E731
+        status = "OK" if states and all(v == "OK" for v in states.values()) else (
+            "CRITICAL" if not states or all(v == "CRITICAL" for v in states.values()) else "WARNING")
+        return lbm.BackendSetHealth(status=status, warning_state_backend_names=[], critical_state_backend_names=pick("CRITICAL"),
+                                    unknown_state_backend_names=pick("UNKNOWN"), total_backend_count=len(states))
+
+    def record_serving(self):
+        for lb in [r for i, r in self.res.items() if self.kind[i] == "LoadBalancer"]:
+            for bs in lb.backend_sets.values():
+                n = len([b for b in bs.backends if not b.drain and self._health(b) == "OK"])
+                if not self.serving_log or self.serving_log[-1][1] != n:
+                    self.serving_log.append((time.monotonic(), n))
+
+    # ---- autoscaling ---------------------------------------------------------------------------
+    def create_autoscaling(self, q, parse):
+        d = parse("CreateAutoScalingConfigurationDetails")
+        self.get(d.resource.id, "InstancePool")
+        policies = [build(asm.ThresholdPolicy, p, id=uuid.uuid4().hex[:8], time_created=now(),
+                          rules=[build(asm.Condition, r, id=uuid.uuid4().hex[:8]) for r in p.rules]) for p in d.policies]
+        return self.new_id("AutoScalingConfiguration", build(
+            asm.AutoScalingConfiguration, d, policies=policies, time_created=now(),
+            min_resource_count=policies[0].capacity.min, max_resource_count=policies[0].capacity.max))
+
+    def update_autoscaling(self, q, parse, aid):
+        a, d = self.get(aid, "AutoScalingConfiguration"), parse("UpdateAutoScalingConfigurationDetails")
+        for k in ("is_enabled", "cool_down_in_seconds", "display_name"):
+            if getattr(d, k) is not None:
+                setattr(a, k, getattr(d, k))
+        return a
+
+    def delete_autoscaling(self, q, parse, aid):
+        self.get(aid, "AutoScalingConfiguration")
+        del self.res[aid], self.kind[aid]
+        return 204, None, {}
