@@ -1,1 +1,2 @@
-"""The node's inference service."""
+"""The node's inference service: aiohttp + llama-cpp-python (see app.py for the map of modules)."""
+__version__ = "0.1.0"

@@ -31,7 +31,8 @@ class SamplingParams:
 @dataclass(frozen=True)
 class Token:
     """Text made by one step. `text` may be "" while a multi-byte character is incomplete, or when
-    the text is held back because it might be the start of a stop string."""
+    the text is held back because it might be the start of a stop string. `token_id` -1
+    (text.FLUSH_TOKEN_ID) marks held-back text released at the end of a sequence, not a new token."""
     text: str
     token_id: int
 

@@ -1,0 +1,212 @@
+"""POST /generate, and what every generating route shares (the OpenAI routes reuse all of it).
+
+The shared path of one request: body -> validated dict (schema.py) -> prompt tokens (checked
+against the context) -> SamplingParams -> admission (scheduler.py; 503s) -> events, either
+streamed as server-sent events with a heartbeat or collected into one JSON reply. A client that
+goes away cancels its generation: aiohttp cancels the handler (handler_cancellation), or the next
+write fails; either way the `finally` below tells the scheduler.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from . import schema
+from .engine import Done, Engine, Failed, SamplingParams, Token
+from .metrics import Metrics
+from .scheduler import HEARTBEAT, Refused, Scheduler, Ticket
+
+CONFIG = web.AppKey("config", Any)
+METRICS = web.AppKey("metrics", Metrics)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+REQUEST_ID = web.RequestKey("request_id", str)
+TICKET = web.RequestKey("ticket", Ticket)                 # the access log reads it
+SSE = web.RequestKey("sse", web.StreamResponse)           # set once a stream is open
+CLIENT_GONE = web.RequestKey("client_gone", bool)
+
+
+class ApiError(Exception):
+    """An error reply: {"error": {"type", "message"}} with `status` (see docs/CONTRACTS.md)."""
+
+    def __init__(self, status: int, type_: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.type, self.message, self.headers = status, type_, message, headers or {}
+
+
+def json_error(status: int, type_: str, message: str, headers=None) -> web.Response:
+    return web.json_response({"error": {"type": type_, "message": message}}, status=status,
+                             headers=headers)
+
+
+async def read_body(request: web.Request, spec: schema.S) -> dict:
+    """The request's JSON body checked against `spec`; ApiError 400/413 otherwise."""
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large",
+                       f"body is {request.content_length} bytes; the limit is {limit}")
+    try:
+        raw = await request.read()  # aiohttp stops reading at client_max_size (chunked bodies too)
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "payload_too_large", f"body is over the limit of {limit} bytes")
+    try:
+        return schema.validate(schema.parse_json(raw), spec)
+    except schema.Invalid as e:
+        raise ApiError(400, "invalid_request", str(e))
+
+
+@dataclass
+class Prepared:
+    engine: Engine
+    tokens: list[int]
+    params: SamplingParams
+
+
+async def prepare(request: web.Request, body: dict, *, prompt: str | None = None,
+                  messages: list | None = None, stop: tuple[str, ...] = ()) -> Prepared:
+    """Prompt text or chat messages -> tokens (checked against the context) and sampling params."""
+    engine = _open_engine(request)
+    if messages is not None:
+        try:
+            prompt = engine.render_chat(messages)
+        except Exception as e:  # the template's own raise_exception, or no template
+            raise ApiError(400, "invalid_request", f"messages: {e}")
+    assert prompt is not None
+    # Tokenizing a long prompt takes a while: off the loop, so health checks stay instant.
+    tokens = await asyncio.to_thread(engine.tokenize, prompt, add_bos=True, special=True)
+    # A template (or prompt) that writes the BOS token itself must not get a second one.
+    bos = engine.tokenize("", add_bos=True, special=True)
+    if bos and tokens[:2] == bos * 2:
+        tokens = tokens[1:]
+    if not tokens:
+        raise ApiError(400, "invalid_request", "prompt is empty")
+    if len(tokens) >= engine.n_ctx:
+        raise ApiError(400, "invalid_request",
+                       f"prompt is {len(tokens)} tokens; the context holds {engine.n_ctx} "
+                       "(prompt plus at least one generated token): shorten it")
+    p = SamplingParams()
+    params = SamplingParams(
+        max_tokens=body.get("max_tokens", p.max_tokens),
+        temperature=body.get("temperature", p.temperature),
+        top_p=body.get("top_p", p.top_p), top_k=body.get("top_k", p.top_k),
+        min_p=body.get("min_p", p.min_p),
+        repeat_penalty=body.get("repeat_penalty", p.repeat_penalty),
+        seed=body.get("seed"), stop=stop)
+    return Prepared(engine, tokens, params)
+
+
+def _open_engine(request: web.Request) -> Engine:
+    try:
+        return request.app[SCHEDULER].check_open()
+    except Refused as e:
+        raise _refused(e)
+
+
+def _refused(e: Refused) -> ApiError:
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+    return ApiError(503, e.reason, str(e), headers)
+
+
+def admit(request: web.Request, prep: Prepared) -> Ticket:
+    try:
+        ticket = request.app[SCHEDULER].submit(prep.tokens, prep.params)
+    except Refused as e:
+        raise _refused(e)
+    request[TICKET] = ticket
+    return ticket
+
+
+async def open_sse(request: web.Request) -> web.StreamResponse:
+    """A text/event-stream reply that proxies pass through unbuffered."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                       "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    return resp
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def pump(request: web.Request, ticket: Ticket,
+               on_token: Callable[[Token], Awaitable[None]] | None) -> Done | Failed | None:
+    """Feed the ticket's events to `on_token` (None: just collect) until the end; send an SSE
+    heartbeat comment while nothing else is sent. Returns the final event, or None if the client
+    went away (its generation is then cancelled)."""
+    scheduler = request.app[SCHEDULER]
+    resp = request.get(SSE)
+    try:
+        async for ev in ticket.events(heartbeat=request.app[CONFIG].heartbeat_interval):
+            if ev is HEARTBEAT:
+                if resp is not None:
+                    await resp.write(b": keep-alive\n\n")
+                elif request.transport is None or request.transport.is_closing():
+                    return None
+            elif isinstance(ev, Token):
+                if on_token is not None and ev.text:
+                    await on_token(ev)
+            else:
+                return ev
+    except ConnectionError:  # the client closed the stream
+        request[CLIENT_GONE] = True
+        return None
+    finally:
+        scheduler.cancel(ticket)  # no-op when finished; otherwise frees the slot
+    return None
+
+
+def usage_timings(ticket: Ticket) -> tuple[dict, dict]:
+    done = ticket.end
+    prompt = done.prompt_tokens if isinstance(done, Done) else len(ticket.job.prompt_tokens)
+    made = done.completion_tokens if isinstance(done, Done) else 0
+    return {"prompt_tokens": prompt, "completion_tokens": made}, ticket.timings()
+
+
+# --- POST /generate ---------------------------------------------------------------------------
+async def generate(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request, schema.GENERATE)
+    if ("prompt" in body) == ("messages" in body):
+        raise ApiError(400, "invalid_request", "send exactly one of prompt or messages")
+    prep = await prepare(request, body, prompt=body.get("prompt"), messages=body.get("messages"),
+                         stop=tuple(body.get("stop", ())))
+    ticket = admit(request, prep)
+    if not body.get("stream", True):
+        return await _generate_json(request, ticket)
+
+    resp = request[SSE] = await open_sse(request)
+
+    async def on_token(tok: Token) -> None:
+        await resp.write(sse({"token": tok.text}))
+
+    end = await pump(request, ticket, on_token)
+    if end is None:
+        return resp
+    if isinstance(end, Failed):
+        await resp.write(sse({"error": {"type": "internal", "message": end.message}}, "error"))
+    else:
+        usage, timings = usage_timings(ticket)
+        await resp.write(sse({"finish_reason": end.finish_reason, "usage": usage,
+                              "timings": timings}, "done"))
+    await resp.write_eof()
+    return resp
+
+
+async def _generate_json(request: web.Request, ticket: Ticket) -> web.Response:
+    parts: list[str] = []
+
+    async def on_token(tok: Token) -> None:
+        parts.append(tok.text)
+
+    end = await pump(request, ticket, on_token)
+    if end is None:
+        raise ApiError(499, "cancelled", "client went away")
+    if isinstance(end, Failed):
+        raise ApiError(500, "internal", end.message)
+    usage, timings = usage_timings(ticket)
+    return web.json_response({"text": "".join(parts), "finish_reason": end.finish_reason,
+                              "usage": usage, "timings": timings})

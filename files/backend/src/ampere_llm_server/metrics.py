@@ -1,0 +1,43 @@
+"""Prometheus metrics of one app (own CollectorRegistry, so tests can run several apps in a process).
+
+Names are part of the contract (docs/CONTRACTS.md): dashboards and the page read them.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+P = "ampere_llm_"
+# Time to first token spans a cached short prompt (ms) to a long CPU prefill behind a queue (tens of s).
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Inter-token latency on CPU: ~2 ms (tiny models) to ~200 ms (large models, many sequences).
+ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(P + "requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)
+        self.generations = Counter(P + "generations", "Finished generations by finish reason "
+                                   "(cancelled: Stop button, disconnect or drain)",
+                                   ["finish_reason"], registry=r)
+        self.refused = Counter(P + "refused", "Requests refused because slots and queue were full",
+                               registry=r)
+        self.prompt_tokens = Counter(P + "prompt_tokens", "Prompt tokens of finished generations",
+                                     registry=r)
+        self.completion_tokens = Counter(P + "completion_tokens", "Generated tokens", registry=r)
+        self.queue_depth = Gauge(P + "queue_depth", "Requests waiting for a slot", registry=r)
+        self.slots_busy = Gauge(P + "slots_busy", "Slots generating now", registry=r)
+        self.slots_total = Gauge(P + "slots_total", "Sequences the engine runs at once", registry=r)
+        self.ready = Gauge(P + "ready", "1 when the model is loaded and the node takes requests",
+                           registry=r)
+        self.ttft = Histogram(P + "time_to_first_token_seconds", "Admission to first token "
+                              "(queue + prefill)", buckets=TTFT_BUCKETS, registry=r)
+        self.itl = Histogram(P + "inter_token_latency_seconds", "Time between streamed tokens",
+                             buckets=ITL_BUCKETS, registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
