@@ -1,0 +1,71 @@
+#!/usr/bin/python
+# A custom image captured from a configured (and cleaned) seed instance, tagged with what it holds.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: oci_image
+short_description: Custom image of an ampere-llm seed instance
+description:
+  - Creates a custom image from C(instance_id) and waits until it is AVAILABLE. OCI takes the
+    instance offline while it captures the boot volume.
+  - Idempotent by display name: an image with C(name) that already exists (or is being made) is
+    the result, and nothing is captured again. Bake a new version under a new name.
+  - C(freeform_tags) record what the image holds (llama.cpp commit and flags, llama-cpp-python,
+    model and its sha256, collection version) so a pool's image can be traced to its build.
+options:
+  compartment_id: {type: str, required: true}
+  instance_id: {type: str, required: true, description: The seed instance OCID.}
+  name: {type: str, required: true}
+  freeform_tags: {type: dict, default: {}}
+"""
+
+RETURN = r"""
+image_id: {type: str}
+lifecycle_state: {type: str}
+freeform_tags: {type: dict}
+"""
+
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule
+
+try:
+    from oci.core import models as m
+except ImportError:
+    pass
+
+
+def main():
+    mod = OciModule(dict(
+        compartment_id=dict(type="str", required=True),
+        instance_id=dict(type="str", required=True),
+        name=dict(type="str", required=True),
+        freeform_tags=dict(type="dict", default={}),
+    ))
+    p, o = mod.params, mod.oci
+    tags = {k: str(v)[:256] for k, v in p["freeform_tags"].items()}  # OCI caps tag values at 256 chars
+
+    def body():
+        cur = o.find(o.compute.list_images, p["compartment_id"], name=p["name"])
+        if cur is None:
+            o.call(o.compute.get_instance, p["instance_id"])  # a wrong seed OCID fails here, clearly
+            after = dict(name=p["name"], instance_id=p["instance_id"], freeform_tags=tags)
+            if mod.check_mode:
+                return mod.result(True, dict(image_id=None, lifecycle_state=None, freeform_tags=tags), after=after)
+            cur = o.call(o.compute.create_image, m.CreateImageDetails(
+                compartment_id=p["compartment_id"], instance_id=p["instance_id"], display_name=p["name"],
+                freeform_tags=tags)).data
+            changed = True
+        else:
+            changed = False
+            if cur.freeform_tags != tags and tags:
+                mod.warn(f"image {p['name']} exists with other tags: it was not baked from this build; "
+                         f"bake under a new name to capture the current seed")
+        if not mod.check_mode:
+            cur = o.wait(o.compute.get_image, cur.id, {"AVAILABLE"}, "image")
+        return mod.result(changed, dict(image_id=cur.id, lifecycle_state=cur.lifecycle_state,
+                                        freeform_tags=cur.freeform_tags), after=dict(name=p["name"]) if changed else {})
+
+    mod.run(body)
+
+
+if __name__ == "__main__":
+    main()

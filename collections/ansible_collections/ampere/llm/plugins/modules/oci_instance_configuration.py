@@ -1,0 +1,93 @@
+#!/usr/bin/python
+# The launch template of the pool's nodes: image, shape (A2 Flex by default), network, user-data.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: oci_instance_configuration
+short_description: Instance configuration (launch template) for ampere-llm pool nodes
+description:
+  - OCI instance configurations cannot be changed once made. This module names each by what it
+    holds: it looks for a configuration called C(name) whose C(ampere-llm-spec) tag is the hash
+    of the desired launch details, and creates one only when none matches. A new image or shape
+    therefore gives a new configuration; the pool moves to it through rollout.yml.
+options:
+  compartment_id: {type: str, required: true}
+  name: {type: str, default: ampere-llm-node}
+  image_id: {type: str, required: true}
+  subnet_id: {type: str, required: true}
+  shape: {type: str, default: VM.Standard.A2.Flex, description: "A1/A2 Flex (Arm) or an x86 Flex shape."}
+  ocpus: {type: float, default: 2}
+  memory_gbs: {type: float, default: 16}
+  boot_volume_gbs: {type: int, default: 50}
+  assign_public_ip: {type: bool, default: true}
+  ssh_authorized_keys: {type: str, default: ""}
+  user_data: {type: str, default: "", description: cloud-init user-data (plain text; encoded here).}
+"""
+
+RETURN = r"""
+instance_configuration_id: {type: str}
+spec_hash: {type: str}
+"""
+
+import base64
+
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, spec_hash
+
+try:
+    from oci.core import models as m
+except ImportError:
+    pass
+
+
+def main():
+    mod = OciModule(dict(
+        compartment_id=dict(type="str", required=True),
+        name=dict(type="str", default="ampere-llm-node"),
+        image_id=dict(type="str", required=True),
+        subnet_id=dict(type="str", required=True),
+        shape=dict(type="str", default="VM.Standard.A2.Flex"),
+        ocpus=dict(type="float", default=2),
+        memory_gbs=dict(type="float", default=16),
+        boot_volume_gbs=dict(type="int", default=50),
+        assign_public_ip=dict(type="bool", default=True),
+        ssh_authorized_keys=dict(type="str", default=""),
+        user_data=dict(type="str", default=""),
+    ))
+    p, o = mod.params, mod.oci
+    spec = {k: p[k] for k in ("image_id", "subnet_id", "shape", "ocpus", "memory_gbs", "boot_volume_gbs",
+                              "assign_public_ip", "ssh_authorized_keys", "user_data")}
+    digest = spec_hash(spec)
+    metadata = {}
+    if p["ssh_authorized_keys"]:
+        metadata["ssh_authorized_keys"] = p["ssh_authorized_keys"]
+    if p["user_data"]:
+        metadata["user_data"] = base64.b64encode(p["user_data"].encode()).decode()
+
+    def body():
+        same = [c for c in o.list_all(o.management.list_instance_configurations, p["compartment_id"])
+                if c.display_name == p["name"] and (c.freeform_tags or {}).get("ampere-llm-spec") == digest]
+        if same:
+            return mod.result(False, dict(instance_configuration_id=same[0].id, spec_hash=digest))
+        after = dict(name=p["name"], **{k: v for k, v in spec.items() if k != "user_data"})
+        if mod.check_mode:
+            return mod.result(True, dict(instance_configuration_id=None, spec_hash=digest), after=after)
+        o.call(o.compute.get_image, p["image_id"])  # fail early, and clearly, on a wrong image OCID
+        flex = p["shape"].endswith(".Flex")
+        launch = m.InstanceConfigurationLaunchInstanceDetails(
+            compartment_id=p["compartment_id"], shape=p["shape"], metadata=metadata,
+            shape_config=m.InstanceConfigurationLaunchInstanceShapeConfigDetails(
+                ocpus=p["ocpus"], memory_in_gbs=p["memory_gbs"]) if flex else None,
+            source_details=m.InstanceConfigurationInstanceSourceViaImageDetails(
+                image_id=p["image_id"], boot_volume_size_in_gbs=p["boot_volume_gbs"]),
+            create_vnic_details=m.InstanceConfigurationCreateVnicDetails(
+                subnet_id=p["subnet_id"], assign_public_ip=p["assign_public_ip"]))
+        cfg = o.call(o.management.create_instance_configuration, m.CreateInstanceConfigurationDetails(
+            compartment_id=p["compartment_id"], display_name=p["name"], freeform_tags={"ampere-llm-spec": digest},
+            instance_details=m.ComputeInstanceDetails(launch_details=launch))).data
+        return mod.result(True, dict(instance_configuration_id=cfg.id, spec_hash=digest), after=after)
+
+    mod.run(body)
+
+
+if __name__ == "__main__":
+    main()

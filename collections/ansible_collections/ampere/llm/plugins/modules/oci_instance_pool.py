@@ -1,0 +1,118 @@
+#!/usr/bin/python
+# The instance pool of ampere-llm nodes: spread over fault domains and attached to the balancer's backend set.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: oci_instance_pool
+short_description: Instance pool of ampere-llm nodes behind the load balancer
+description:
+  - Creates (or finds by display name) an instance pool from C(instance_configuration_id),
+    placed in one availability domain (the first one, unless given) across C(fault_domains), and
+    attached to the load balancer's backend set: OCI registers each node as a backend.
+  - Waits until the pool is RUNNING and every instance runs.
+  - On an existing pool, the size is left to autoscaling unless C(enforce_size) is true, and the
+    instance configuration is NOT switched here: OCI would not replace running nodes, leaving a
+    mixed pool. Switching images is rollout.yml's job (oci_rollout); a differing configuration is
+    reported as a warning.
+options:
+  compartment_id: {type: str, required: true}
+  name: {type: str, default: ampere-llm-pool}
+  instance_configuration_id: {type: str, required: true}
+  subnet_id: {type: str, required: true}
+  size: {type: int, default: 2}
+  enforce_size: {type: bool, default: false}
+  availability_domain: {type: str, description: Defaults to the tenancy's first availability domain.}
+  fault_domains: {type: list, elements: str, default: [FAULT-DOMAIN-1, FAULT-DOMAIN-2, FAULT-DOMAIN-3]}
+  load_balancer_id: {type: str, required: true}
+  backend_set: {type: str, default: ampere-llm}
+  backend_port: {type: int, default: 80}
+"""
+
+RETURN = r"""
+instance_pool_id: {type: str}
+size: {type: int}
+instance_configuration_id: {type: str, description: The configuration the pool launches new nodes from.}
+"""
+
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, OciError
+
+try:
+    from oci.core import models as m
+except ImportError:
+    pass
+
+
+def wait_instances(o, pool_id, compartment_id, size):
+    """Until the pool runs and exactly `size` of its instances are Running."""
+    import time
+    o.wait(o.management.get_instance_pool, pool_id, {"RUNNING"}, "instance pool")
+    deadline = time.monotonic() + o.timeout
+    while True:
+        states = [i.state.upper() for i in o.list_all(o.management.list_instance_pool_instances, compartment_id, pool_id)]
+        if states.count("RUNNING") == size == len(states):
+            return
+        if time.monotonic() > deadline:
+            raise OciError(f"instance pool {pool_id}: instances {states} not all RUNNING after {o.timeout}s")
+        time.sleep(o.poll)
+
+
+def main():
+    mod = OciModule(dict(
+        compartment_id=dict(type="str", required=True),
+        name=dict(type="str", default="ampere-llm-pool"),
+        instance_configuration_id=dict(type="str", required=True),
+        subnet_id=dict(type="str", required=True),
+        size=dict(type="int", default=2),
+        enforce_size=dict(type="bool", default=False),
+        availability_domain=dict(type="str"),
+        fault_domains=dict(type="list", elements="str", default=["FAULT-DOMAIN-1", "FAULT-DOMAIN-2", "FAULT-DOMAIN-3"]),
+        load_balancer_id=dict(type="str", required=True),
+        backend_set=dict(type="str", default="ampere-llm"),
+        backend_port=dict(type="int", default=80),
+    ))
+    p, o = mod.params, mod.oci
+    comp = p["compartment_id"]
+    if p["size"] < 1:
+        mod.fail_json(msg=f"size={p['size']}: a pool serves with at least one node")
+
+    def body():
+        cur = o.find(o.management.list_instance_pools, comp, name=p["name"])
+        if cur is None:
+            after = dict(name=p["name"], size=p["size"], instance_configuration_id=p["instance_configuration_id"],
+                         fault_domains=p["fault_domains"], backend_set=p["backend_set"])
+            if mod.check_mode:
+                return mod.result(True, dict(instance_pool_id=None, size=p["size"],
+                                             instance_configuration_id=p["instance_configuration_id"]), after=after)
+            ad = p["availability_domain"]
+            if not ad:
+                # Availability domains are listed at the tenancy (the root compartment).
+                ad = o.list_all(o.identity.list_availability_domains, o.config.get("tenancy") or comp)[0].name
+            pool = o.call(o.management.create_instance_pool, m.CreateInstancePoolDetails(
+                compartment_id=comp, display_name=p["name"], instance_configuration_id=p["instance_configuration_id"],
+                size=p["size"], placement_configurations=[m.CreateInstancePoolPlacementConfigurationDetails(
+                    availability_domain=ad, fault_domains=p["fault_domains"], primary_subnet_id=p["subnet_id"])],
+                load_balancers=[m.AttachLoadBalancerDetails(
+                    load_balancer_id=p["load_balancer_id"], backend_set_name=p["backend_set"],
+                    port=p["backend_port"], vnic_selection="PrimaryVnic")])).data
+            wait_instances(o, pool.id, comp, p["size"])
+            return mod.result(True, dict(instance_pool_id=pool.id, size=p["size"],
+                                         instance_configuration_id=p["instance_configuration_id"]), after=after)
+
+        pool = o.call(o.management.get_instance_pool, cur.id).data
+        if pool.instance_configuration_id != p["instance_configuration_id"]:
+            mod.warn(f"pool {p['name']} launches from {pool.instance_configuration_id}, not the requested "
+                     f"{p['instance_configuration_id']}: run playbooks/rollout.yml to move its nodes to the new image")
+        changed = p["enforce_size"] and pool.size != p["size"]
+        if changed and not mod.check_mode:
+            o.call(o.management.update_instance_pool, pool.id, m.UpdateInstancePoolDetails(size=p["size"]))
+            wait_instances(o, pool.id, comp, p["size"])
+        size = p["size"] if changed else pool.size
+        return mod.result(changed, dict(instance_pool_id=pool.id, size=size,
+                                        instance_configuration_id=pool.instance_configuration_id),
+                          before=dict(size=pool.size) if changed else {}, after=dict(size=size) if changed else {})
+
+    mod.run(body)
+
+
+if __name__ == "__main__":
+    main()

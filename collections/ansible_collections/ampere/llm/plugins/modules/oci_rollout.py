@@ -1,0 +1,106 @@
+#!/usr/bin/python
+# Roll an OCI instance pool onto a new instance configuration without dropping requests.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: oci_rollout
+short_description: Replace an instance pool's nodes with nodes of a new image, safely
+description:
+  - OCI does not replace a pool's running instances when its configuration changes. This module
+    does, with the collection's one roll-out algorithm (module_utils/rollout.py): grow the pool
+    with nodes of the new configuration, wait until the load balancer reports them healthy, drain
+    the old backends, wait C(drain_timeout) for their streams to end, detach them with
+    auto-terminate (the pool shrinks back to its size), never falling below C(min_healthy).
+  - If the new nodes are not healthy within C(health_timeout), they are removed, the pool goes
+    back to its previous configuration, and the task fails saying so: the old nodes kept serving.
+  - Autoscaling (C(autoscaling_configuration_id)) is paused during the roll and resumed after.
+  - Nodes already on the new image are left alone: a re-run after success changes nothing.
+  - Check mode reports the plan (which nodes, in which batches) and touches nothing.
+options:
+  compartment_id: {type: str, required: true}
+  instance_pool_id: {type: str, required: true}
+  instance_configuration_id: {type: str, required: true, description: The new configuration.}
+  load_balancer_id: {type: str, required: true}
+  backend_set: {type: str, default: ampere-llm}
+  backend_port: {type: int, default: 80}
+  batch_size: {type: int, default: 0, description: "Nodes replaced per step; 0: all at once (surge to twice the size)."}
+  min_healthy: {type: int, description: Defaults to the number of nodes healthy when the roll starts.}
+  health_timeout: {type: int, default: 900}
+  drain_timeout: {type: int, default: 300, description: "OCI cannot tell per-backend connections: this is waited in full."}
+  autoscaling_configuration_id: {type: str}
+"""
+
+RETURN = r"""
+image_id: {type: str}
+replaced: {type: list, description: Instance OCIDs of the old nodes (planned in check mode).}
+batches: {type: list}
+events: {type: list, description: "grow / healthy / drain / remove / rollback, in order, with times."}
+"""
+
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, OciError
+from ansible_collections.ampere.llm.plugins.module_utils.oci_provider import OciPoolProvider
+from ansible_collections.ampere.llm.plugins.module_utils.rollout import Rollout, RolloutFailed, plan
+
+try:
+    from oci.autoscaling.models import UpdateAutoScalingConfigurationDetails
+except ImportError:
+    pass
+
+
+def main():
+    mod = OciModule(dict(
+        compartment_id=dict(type="str", required=True),
+        instance_pool_id=dict(type="str", required=True),
+        instance_configuration_id=dict(type="str", required=True),
+        load_balancer_id=dict(type="str", required=True),
+        backend_set=dict(type="str", default="ampere-llm"),
+        backend_port=dict(type="int", default=80),
+        batch_size=dict(type="int", default=0),
+        min_healthy=dict(type="int"),
+        health_timeout=dict(type="int", default=900),
+        drain_timeout=dict(type="int", default=300),
+        autoscaling_configuration_id=dict(type="str"),
+    ))
+    p, o = mod.params, mod.oci
+
+    def image_of(config_id):
+        cfg = o.call(o.management.get_instance_configuration, config_id).data
+        return cfg.instance_details.launch_details.source_details.image_id
+
+    def set_autoscaling(enabled):
+        if p["autoscaling_configuration_id"]:
+            o.call(o.autoscaling.update_auto_scaling_configuration, p["autoscaling_configuration_id"],
+                   UpdateAutoScalingConfigurationDetails(is_enabled=enabled))
+
+    def body():
+        pool = o.call(o.management.get_instance_pool, p["instance_pool_id"]).data
+        new_image = image_of(p["instance_configuration_id"])
+        configs = {image_of(pool.instance_configuration_id): pool.instance_configuration_id,
+                   new_image: p["instance_configuration_id"]}
+        provider = OciPoolProvider(o, p["compartment_id"], pool.id, p["load_balancer_id"], p["backend_set"],
+                                   p["backend_port"], configs)
+        try:
+            todo = plan(provider.nodes(), provider.healthy(), new_image, p["batch_size"], p["min_healthy"])
+        except ValueError as e:
+            raise OciError(str(e)) from None
+        summary = dict(image_id=new_image, replaced=[n.id for n in todo.old],
+                       batches=[[n.id for n in b] for b in todo.batches], min_healthy=todo.min_healthy)
+        if not todo.old or mod.check_mode:
+            return mod.result(bool(todo.old), dict(summary, events=[]),
+                              before=dict(nodes=summary["replaced"]), after=dict(image_id=new_image))
+        roll = Rollout(provider, health_timeout=p["health_timeout"], drain_timeout=p["drain_timeout"], poll=o.poll)
+        set_autoscaling(False)
+        try:
+            events = roll.run(todo)
+        except RolloutFailed as e:
+            mod.fail_json(msg=str(e), events=e.events, **{k: v for k, v in summary.items() if k != "replaced"})
+        finally:
+            set_autoscaling(True)
+        return mod.result(True, dict(summary, events=events), before=dict(nodes=summary["replaced"]),
+                          after=dict(image_id=new_image))
+
+    mod.run(body)
+
+
+if __name__ == "__main__":
+    main()
