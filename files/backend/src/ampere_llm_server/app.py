@@ -129,10 +129,10 @@ def _log_line(request: web.Request, route: str, status: int, seconds: float) -> 
             "error" if end is not None else "cancelled")
         t = ticket.timings()
         line.update(queue_ms=t["queue_ms"], ttft_ms=t["ttft_ms"], tok_s=t["tokens_per_second"])
-    # Health probes every few seconds would drown the log: only their failures are logged.
-    if route in ("/healthz", "/readyz", "/metrics") and status < 400:
-        return
-    access_log.info(json.dumps(line))
+    # Probes come every few seconds from the load balancer and Prometheus: their successes are
+    # logged at debug level only (--log-level debug), so the log stays about requests.
+    probe = route in ("/healthz", "/readyz", "/metrics") and status < 400
+    access_log.log(logging.DEBUG if probe else logging.INFO, json.dumps(line))
 
 
 @web.middleware

@@ -45,14 +45,13 @@ def json_error(status: int, type_: str, message: str, headers=None) -> web.Respo
 
 async def read_body(request: web.Request, spec: schema.S) -> dict:
     """The request's JSON body checked against `spec`; ApiError 400/413 otherwise."""
-    limit = request.app[CONFIG].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "payload_too_large",
-                       f"body is {request.content_length} bytes; the limit is {limit}")
     try:
-        raw = await request.read()  # aiohttp stops reading at client_max_size (chunked bodies too)
+        # A declared Content-Length over the limit was refused by the body_limit middleware;
+        # aiohttp stops reading at client_max_size for chunked bodies too.
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "payload_too_large", f"body is over the limit of {limit} bytes")
+        raise ApiError(413, "payload_too_large",
+                       f"body is over the limit of {request.app[CONFIG].max_body_bytes} bytes")
     try:
         return schema.validate(schema.parse_json(raw), spec)
     except schema.Invalid as e:

@@ -66,7 +66,8 @@ class SingleEngine:
                                         n_threads=n_threads, n_threads_batch=n_threads,
                                         verbose=False)
             llm = self._llm
-            self.n_ctx = llm.n_ctx()
+            # llama.cpp pads the context to 256 cells; Llama's own token array keeps what was asked.
+            self.n_ctx = min(llm.n_ctx(), len(llm.input_ids))
             self._vocab = llm._model.vocab
             text_of = llm._model.token_get_text
             bos, eos = llm.token_bos(), llm.token_eos()

@@ -1,0 +1,150 @@
+"""The real service process on a real model (SmolLM2-135M-Instruct): chat through the model's template,
+the openai client streaming, stop strings, seeds, cancellation on disconnect, drain on SIGTERM."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+import aiohttp
+import openai
+import pytest
+
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}]
+
+
+async def post(server, body: dict) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.post(server.url + "/generate", json=body) as r:
+        return r.status, await r.json()
+
+
+async def events(content) -> list[tuple[str, dict]]:
+    """Parse SSE lines from an aiohttp response's content until it ends."""
+    out, name = [], "message"
+    async for raw in content:
+        line = raw.decode().strip()
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            out.append((name, json.loads(line[5:])))
+            name = "message"
+    return out
+
+
+def metric(server, name: str, labels: str = "") -> float:
+    text = server.get("/metrics")[2].decode()
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def smol(run_server, smollm2_model):
+    return run_server(smollm2_model, "--node-name", "smol-node", "--threads", "1")
+
+
+async def test_chat_through_the_models_template(smol):
+    status, body = await post(smol, {"messages": CAPITAL, "temperature": 0, "max_tokens": 60,
+                                     "stream": False})
+    assert status == 200
+    assert "Paris" in body["text"]
+    assert body["finish_reason"] == "stop"  # the model ended its turn (<|im_end|>), not the limit
+    assert "<|im_end|>" not in body["text"] and "<|im_start|>" not in body["text"]
+
+
+def test_openai_client_streams(smol):
+    oa = openai.OpenAI(base_url=smol.url + "/v1", api_key="unused", max_retries=0)
+    (model,) = [m.id for m in oa.models.list()]
+    assert model == "SmolLM2-135M-Instruct.Q4_1"
+    whole = oa.chat.completions.create(model=model, messages=CAPITAL, temperature=0,
+                                       max_tokens=60)
+    stream = oa.chat.completions.create(model=model, messages=CAPITAL, temperature=0,
+                                        max_tokens=60, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream]
+    assert len([p for p in pieces if p]) > 3  # token by token, not one lump
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert "Paris" in whole.choices[0].message.content
+
+
+async def test_stop_strings(smol):
+    base = {"messages": STORY, "temperature": 0, "max_tokens": 80, "stream": False}
+    full = (await post(smol, base))[1]["text"]
+    stop = " dragon"
+    assert stop in full
+    async with aiohttp.ClientSession() as s, s.post(
+            smol.url + "/generate", json={**base, "stream": True, "stop": [stop, "zzz-never"]}) as r:
+        ev = await events(r.content)
+    text = "".join(d["token"] for n, d in ev if n == "message")
+    assert text == full[: full.index(stop)]
+    assert ev[-1] == ("done", ev[-1][1]) and ev[-1][1]["finish_reason"] == "stop"
+
+
+async def test_same_seed_same_text(smol):
+    body = {"messages": STORY, "temperature": 0.9, "max_tokens": 40, "stream": False}
+    a, b, c = [(await post(smol, {**body, "seed": s}))[1]["text"] for s in (42, 42, 43)]
+    assert a == b
+    assert a != c
+
+
+async def test_empty_prompt_is_400(smol):
+    status, body = await post(smol, {"prompt": ""})  # this vocabulary adds no BOS
+    assert status == 400 and body["error"]["message"] == "prompt is empty"
+
+
+async def first_token(content) -> None:
+    async for raw in content:
+        if raw.startswith(b"data:"):
+            return
+
+
+async def test_disconnect_cancels_generation_and_frees_the_slot(run_server, smollm2_model):
+    server = run_server(smollm2_model, "--max-queue", "0", "--threads", "1")
+    async with aiohttp.ClientSession() as s, s.post(
+            server.url + "/generate",
+            json={"messages": STORY, "temperature": 0, "max_tokens": 1000}) as r:
+        await first_token(r.content)
+        assert metric(server, "ampere_llm_slots_busy") == 1
+        r.close()  # the client goes away mid-stream
+    wait_for(lambda: metric(server, "ampere_llm_generations_total",
+                            '{finish_reason="cancelled"}') == 1, what="cancelled generation")
+    wait_for(lambda: metric(server, "ampere_llm_slots_busy") == 0, what="slot freed")
+    assert metric(server, "ampere_llm_completion_tokens_total") < 1000
+    assert (await post(server, {"prompt": "Hi", "max_tokens": 2, "stream": False}))[0] == 200
+    assert '"finish_reason": "cancelled"' in server.log()
+
+
+async def test_sigterm_drains_in_flight_then_exits_0(run_server, smollm2_model):
+    server = run_server(smollm2_model, "--threads", "1")
+    async with aiohttp.ClientSession() as s, s.post(
+            server.url + "/generate",
+            json={"messages": STORY, "temperature": 0, "max_tokens": 150}) as r:
+        await first_token(r.content)
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: server.get("/readyz")[0] == 503, timeout=10, what="/readyz 503")
+        status, body = await post(server, {"prompt": "Hi", "max_tokens": 2})
+        assert status == 503 and body["error"]["type"] == "draining"
+        assert server.get("/healthz")[0] == 200  # alive while it drains
+        rest = await events(r.content)
+    assert rest[-1][0] == "done" and rest[-1][1]["finish_reason"] in ("length", "stop")
+    assert server.proc.wait(30) == 0
+
+
+async def test_drain_timeout_cancels_what_is_left(run_server, smollm2_model):
+    server = run_server(smollm2_model, "--drain-timeout", "0.5", "--threads", "1")
+    async with aiohttp.ClientSession() as s, s.post(
+            server.url + "/generate",
+            json={"messages": STORY, "temperature": 0, "max_tokens": 1000}) as r:
+        await first_token(r.content)
+        server.proc.send_signal(signal.SIGTERM)
+        rest = await events(r.content)
+    assert rest[-1][0] == "done" and rest[-1][1]["finish_reason"] == "cancelled"
+    assert server.proc.wait(30) == 0

@@ -1,0 +1,206 @@
+"""Service behaviour on the tiny model, in process: readiness while loading, bounded queue and 503s,
+cancellation on disconnect, heartbeats, metrics, OpenAPI, the OpenAI client."""
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+import openai
+
+from ampere_llm_server.single import SingleEngine
+from backend_helpers import sse_events, wait_ready
+
+# A generation that holds its slot for seconds on the tiny model (4000 tokens, ctx 4096).
+LONG = {"prompt": "Hello", "max_tokens": 4000, "temperature": 0}
+SHORT = {"prompt": "Hi", "max_tokens": 3, "stream": False}
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def metrics_of(client) -> str:
+    return await (await client.get("/metrics")).text()
+
+
+async def until(predicate, timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.01)
+
+
+async def start_holder(client):
+    """A streaming request that has its first token (so it holds the slot); its response."""
+    resp = await client.post("/generate", json=LONG)
+    assert resp.status == 200
+    assert (await resp.content.readline()).startswith(b"data: {\"token\"")
+    return resp
+
+
+async def test_readiness_while_the_model_loads(make_client, tiny_model):
+    gate = threading.Event()
+
+    def slow_factory(c):
+        gate.wait(30)  # the load is held here: what a multi-GB model looks like from outside
+        return SingleEngine(c.model, n_ctx=c.ctx, n_threads=c.threads)
+
+    client = await make_client(factory=slow_factory)
+    assert (await client.get("/healthz")).status == 200
+    r = await client.get("/readyz")
+    assert r.status == 503 and (await r.json())["status"] == "loading"
+    r = await client.post("/generate", json=SHORT)
+    assert r.status == 503 and (await r.json())["error"]["type"] == "not_ready"
+    assert int(r.headers["Retry-After"]) >= 1
+    assert metric(await metrics_of(client), "ampere_llm_ready") == 0
+    models = await (await client.get("/v1/models")).json()
+    assert models["data"][0]["id"] == tiny_model.name.removesuffix(".gguf")
+    gate.set()
+    await wait_ready(client)
+    assert metric(await metrics_of(client), "ampere_llm_ready") == 1
+    assert (await client.post("/generate", json=SHORT)).status == 200
+
+
+async def test_a_model_that_fails_to_load_is_never_ready(make_client):
+    def broken(c):
+        raise ValueError("Failed to load model from file: broken.gguf")
+
+    client = await make_client(factory=broken)
+    await until(lambda: _status_is(client, "failed"))
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.post("/generate", json=SHORT)).status == 503
+
+
+async def _status_is(client, status):
+    return (await (await client.get("/readyz")).json())["status"] == status
+
+
+async def test_more_requests_than_slots_and_queue(make_client):
+    client = await make_client(max_queue=1)
+    holder = await start_holder(client)
+    tasks = [asyncio.create_task(client.post("/generate", json=SHORT)) for _ in range(5)]
+    # four are refused at once while the holder runs; one waits in the queue
+    async with asyncio.timeout(30):
+        while sum(t.done() for t in tasks) < 4:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=0.1)
+    refused = [t.result() for t in tasks if t.done()]
+    for r in refused:
+        assert r.status == 503
+        assert (await r.json())["error"]["type"] == "overloaded"
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+    text = await metrics_of(client)
+    assert metric(text, "ampere_llm_queue_depth") == 1
+    assert metric(text, "ampere_llm_slots_busy") == 1
+    assert metric(text, "ampere_llm_refused_total") == 4
+    holder.close()  # the holder's client leaves: its slot goes to the queued request
+    (queued,) = [t for t in tasks if not t.done()]
+    r = await queued
+    assert r.status == 200 and (await r.json())["usage"]["completion_tokens"] >= 1
+    text = await metrics_of(client)
+    assert metric(text, "ampere_llm_requests_total", '{route="/generate",status="503"}') == 4
+    assert metric(text, "ampere_llm_queue_depth") == 0
+
+
+async def test_disconnect_cancels_and_frees_the_slot(make_client):
+    client = await make_client(max_queue=0)
+    holder = await start_holder(client)
+    assert metric(await metrics_of(client), "ampere_llm_slots_busy") == 1
+    holder.close()
+
+    async def cancelled():
+        t = await metrics_of(client)
+        return (metric(t, "ampere_llm_generations_total", '{finish_reason="cancelled"}') == 1
+                and metric(t, "ampere_llm_slots_busy") == 0)
+
+    await until(cancelled)
+    made = metric(await metrics_of(client), "ampere_llm_completion_tokens_total")
+    assert made < LONG["max_tokens"]  # it stopped early, it did not run to the end
+    # with no queue at all, the freed slot takes the next request at once
+    assert (await client.post("/generate", json=SHORT)).status == 200
+
+
+async def test_a_queued_request_that_leaves_gives_up_its_place(make_client):
+    client = await make_client(max_queue=1)
+    holder = await start_holder(client)
+    queued = asyncio.create_task(client.post("/generate", json=SHORT))
+    await until(lambda: _queue_depth_is(client, 1))
+    queued.cancel()  # the client gives up while waiting
+    await until(lambda: _queue_depth_is(client, 0))
+    t = await metrics_of(client)
+    assert metric(t, "ampere_llm_generations_total", '{finish_reason="cancelled"}') == 1
+    holder.close()
+
+
+async def _queue_depth_is(client, n):
+    return metric(await metrics_of(client), "ampere_llm_queue_depth") == n
+
+
+async def test_heartbeat_while_queued(make_client):
+    client = await make_client(max_queue=1, heartbeat_interval=0.05)
+    holder = await start_holder(client)
+    resp = await client.post("/generate", json={**SHORT, "stream": True})
+    assert resp.status == 200  # headers go out at once, before the slot is free
+    line = await asyncio.wait_for(resp.content.readline(), 10)
+    assert line == b": keep-alive\n"  # a comment: SSE clients ignore it, proxies see traffic
+    holder.close()
+    events = await sse_events(resp)
+    assert events[-1][0] == "done" and events[-1][1]["finish_reason"] in ("length", "stop")
+
+
+async def test_metrics_count_requests_tokens_and_latencies(client):
+    for _ in range(2):
+        assert (await client.post("/generate", json={**SHORT, "max_tokens": 5,
+                                                      "temperature": 0})).status == 200
+    await client.post("/generate", data=b"{")
+    t = await metrics_of(client)
+    assert metric(t, "ampere_llm_requests_total", '{route="/generate",status="200"}') == 2
+    assert metric(t, "ampere_llm_requests_total", '{route="/generate",status="400"}') == 1
+    assert metric(t, "ampere_llm_prompt_tokens_total") >= 4
+    assert 2 <= metric(t, "ampere_llm_completion_tokens_total") <= 10
+    assert metric(t, "ampere_llm_time_to_first_token_seconds_count") == 2
+    assert metric(t, "ampere_llm_inter_token_latency_seconds_count") >= 1
+    assert metric(t, "ampere_llm_slots_total") == 1
+    for name in ("ampere_llm_generations_total", "ampere_llm_queue_depth",
+                 "ampere_llm_slots_busy", "ampere_llm_ready"):
+        assert f"# TYPE {name.removesuffix('_total')}" in t
+
+
+async def test_openapi_describes_every_route_and_body(client):
+    doc = await (await client.get("/openapi.json")).json()
+    want = {("/generate", "post"), ("/v1/chat/completions", "post"), ("/v1/completions", "post"),
+            ("/v1/models", "get"), ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get"),
+            ("/openapi.json", "get")}
+    assert {(p, m) for p, ops in doc["paths"].items() for m in ops} == want
+    gen = doc["components"]["schemas"]["GenerateRequest"]
+    assert {"prompt", "messages", "max_tokens", "stop", "seed", "stream"} <= set(gen["properties"])
+    assert gen["additionalProperties"] is False
+    assert doc["paths"]["/generate"]["post"]["security"] == [{"bearer": []}]
+
+
+async def test_openai_client_unchanged(client):
+    oa = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    models = await oa.models.list()
+    model = models.data[0].id
+    chat = await oa.chat.completions.create(model=model, max_tokens=8, temperature=0, seed=1,
+                                            messages=[{"role": "user", "content": "Hi"}])
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].finish_reason in ("length", "stop")
+    assert chat.usage.completion_tokens <= 8 and chat.model == model
+    chunks = [c async for c in await oa.chat.completions.create(
+        model=model, max_tokens=8, temperature=0, seed=1, stream=True,
+        stream_options={"include_usage": True}, messages=[{"role": "user", "content": "Hi"}])]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == chat.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    comp = await oa.completions.create(model=model, prompt="Once", max_tokens=5, temperature=0)
+    streamed = [c async for c in await oa.completions.create(
+        model=model, prompt="Once", max_tokens=5, temperature=0, stream=True)]
+    assert "".join(c.choices[0].text for c in streamed) == comp.choices[0].text
+    try:
+        await oa.chat.completions.create(model=model, messages=[], max_tokens=1)
+    except openai.BadRequestError as e:
+        assert "messages: needs at least 1 item" in str(e)
+    else:
+        raise AssertionError("empty messages accepted")
+    await oa.close()
