@@ -53,10 +53,11 @@ def standin(oci_key):
 @pytest.fixture
 def ansible(standin, oci_key, tmp_path):
     """Run ansible-playbook (the repo's ansible.cfg, this venv) against the stand-in; returns a function
-    (playbook, extra_vars, *flags) -> (returncode, parsed JSON callback output, raw text)."""
+    (playbook, extra_vars, *flags) -> (returncode, [task results], the human-readable log)."""
     env = dict(os.environ,
                ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
-               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_CALLBACK_PLUGINS=str(Path(__file__).parent / "callback_plugins"),
+               ANSIBLE_CALLBACKS_ENABLED="results_file", RESULTS_FILE=str(tmp_path / "results.json"),
                ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
                ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
                OCI_CONFIG_FILE=oci_key["config_file"], AMPERE_LLM_OCI_ENDPOINT=standin.url,
@@ -66,24 +67,26 @@ def ansible(standin, oci_key, tmp_path):
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env["PATH"]
 
-    def run(playbook, extra_vars=None, *flags):
+    def run(playbook, extra_vars=None, *flags, env_extra=None):
         ev = tmp_path / "extra.json"
         ev.write_text(json.dumps({"compartment_id": COMPARTMENT, **(extra_vars or {})}))
         cmd = [os.path.join(bindir, "ansible-playbook"), str(playbook), "-e", f"@{ev}", *flags]
-        p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
-        try:
-            out = json.loads(p.stdout[p.stdout.index("{"):])
-        except ValueError:
-            out = {}
+        p = subprocess.run(cmd, env={**env, **(env_extra or {})}, cwd=ROOT, capture_output=True, text=True, timeout=180)
+        results = tmp_path / "results.json"
+        out = json.loads(results.read_text()) if results.exists() else []
+        results.unlink(missing_ok=True)
         return p.returncode, out, p.stdout + p.stderr
 
     return run
 
 
 def task_results(out, name):
-    """The result of the task called `name` on localhost in the JSON callback's output."""
-    for play in out.get("plays", []):
-        for t in play["tasks"]:
-            if t["task"]["name"] == name:
-                return next(iter(t["hosts"].values()))
-    raise KeyError(name)
+    """The (last) result of the task called `name`, from the results_file callback."""
+    found = [r["result"] for r in out if r["task"] == name]
+    if not found:
+        raise KeyError(name)
+    return found[-1]
+
+
+def changed_tasks(out):
+    return [r["task"] for r in out if r["result"].get("changed")]

@@ -119,6 +119,16 @@ class StandIn:
             return self._launch(compartment_id, image_id, name, None, cm.InstancePoolPlacementConfiguration(
                 availability_domain=AD, fault_domains=["FAULT-DOMAIN-1"])).id
 
+    def add_image(self, compartment_id, name):
+        """An AVAILABLE custom image, as if bake.yml had made it."""
+        with self.lock:
+            return self.new_id("Image", cm.Image(compartment_id=compartment_id, display_name=name, time_created=now(),
+                                                 lifecycle_state="AVAILABLE", operating_system="Canonical Ubuntu")).id
+
+    def of(self, kind):
+        with self.lock:
+            return [r for i, r in self.res.items() if self.kind[i] == kind]
+
     def mutations(self):
         return [r for r in self.requests if r[0] != "GET"]
 
