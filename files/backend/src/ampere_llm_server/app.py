@@ -1,4 +1,4 @@
-"""The aiohttp application: routes in one place, middlewares, health/readiness/metrics, model loading.
+"""The aiohttp app: routes in one place, middlewares, health/readiness/metrics, model loading.
 
 `init_app(config, engine_factory)` builds the app; `engine_factory(config)` is called in a worker
 thread once the app starts (it blocks while llama.cpp loads), so /healthz answers 200 and /readyz
@@ -55,7 +55,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     s = request.app[SCHEDULER]
     body = {"status": s.state.value, "slots_total": s.engine.slots if s.engine else 0,
-            "slots_busy": s.busy, "queue_depth": len(s._waiting)}
+            "slots_busy": s.busy, "queue_depth": s.queue_depth}
     return web.json_response(body, status=200 if s.ready else 503)
 
 
@@ -188,13 +188,14 @@ async def _stamp_headers(request: web.Request, resp: web.StreamResponse) -> None
 
 
 def init_app(config: Any, engine_factory: Callable[[Any], Engine]) -> web.Application:
-    """The application for `config` (cli.Config); the engine loads in the background at startup."""
+    """The application for `config` (cli.Config); the engine loads in the background once it
+    starts. Call it from a running event loop (as aiohttp's async app factories are)."""
     app = web.Application(middlewares=[access, errors, body_limit, auth],
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[SCHEDULER] = Scheduler(config.max_queue, app[METRICS])
-    app[STOP] = asyncio.get_event_loop().create_future()
+    app[STOP] = asyncio.get_running_loop().create_future()
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
     app.on_response_prepare.append(_stamp_headers)

@@ -1,4 +1,5 @@
-"""`ampere-llm-server`: options (command line > AMPERE_LLM_* > TOML --config > defaults), checks, serve.
+"""`ampere-llm-server`: options (command line > AMPERE_LLM_* > TOML --config > defaults), checks,
+serving.
 
 Everything that can be known wrong before the model loads is checked first and ends the process
 with one line on stderr and exit code 2 (options) or 1 (model file, API key file, port): a
@@ -94,16 +95,14 @@ def _convert(name: str, kind: type, value: Any, source: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ConfigError(f"{name} from {source} must be a number, got {value!r}")
     try:
-        return kind(value) if not isinstance(value, float) or kind is float else _int_of(value)
+        if kind is int and isinstance(value, float):  # TOML 8.0 for an integer option
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        return kind(value)
     except ValueError:
-        raise ConfigError(f"{name} from {source} must be {'an integer' if kind is int else 'a number'}"
-                          f", got {value!r}") from None
-
-
-def _int_of(value: float) -> int:
-    if not value.is_integer():
-        raise ValueError
-    return int(value)
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} from {source} must be {what}, got {value!r}") from None
 
 
 def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
@@ -144,7 +143,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
 
 def _validate(c: Config) -> None:
     if not c.model:
-        raise ConfigError("--model is required (a GGUF file; or AMPERE_LLM_MODEL, or model = in --config)")
+        raise ConfigError("--model is required (a GGUF file; or AMPERE_LLM_MODEL, or model = in "
+                          "--config)")
     for name, (lo, hi) in LIMITS.items():
         v = getattr(c, name)
         if not lo <= v <= hi:

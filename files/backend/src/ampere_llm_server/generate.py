@@ -87,14 +87,9 @@ async def prepare(request: web.Request, body: dict, *, prompt: str | None = None
         raise ApiError(400, "invalid_request",
                        f"prompt is {len(tokens)} tokens; the context holds {engine.n_ctx} "
                        "(prompt plus at least one generated token): shorten it")
-    p = SamplingParams()
-    params = SamplingParams(
-        max_tokens=body.get("max_tokens", p.max_tokens),
-        temperature=body.get("temperature", p.temperature),
-        top_p=body.get("top_p", p.top_p), top_k=body.get("top_k", p.top_k),
-        min_p=body.get("min_p", p.min_p),
-        repeat_penalty=body.get("repeat_penalty", p.repeat_penalty),
-        seed=body.get("seed"), stop=stop)
+    sampling = {k: body[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "min_p",
+                                     "repeat_penalty", "seed") if k in body}
+    params = SamplingParams(**sampling, stop=stop)
     return Prepared(engine, tokens, params)
 
 

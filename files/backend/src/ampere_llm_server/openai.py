@@ -20,7 +20,9 @@ from .generate import (CONFIG, REQUEST_ID, SCHEDULER, SSE, ApiError, admit, open
 
 def model_name(request: web.Request) -> str:
     engine = request.app[SCHEDULER].engine
-    return engine.model_name if engine else Path(request.app[CONFIG].model).name.removesuffix(".gguf")
+    if engine is not None:
+        return engine.model_name
+    return Path(request.app[CONFIG].model).name.removesuffix(".gguf")  # while loading
 
 
 async def models(request: web.Request) -> web.Response:

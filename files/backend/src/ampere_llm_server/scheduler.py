@@ -64,8 +64,9 @@ class Ticket:
     end: Done | Failed | None = None
     running: bool = False
 
-    async def events(self, heartbeat: float | None = None) -> AsyncIterator[Event | type[HEARTBEAT]]:
-        """Engine events up to and including the final one; HEARTBEAT after `heartbeat` idle seconds."""
+    async def events(self, heartbeat: float | None = None
+                     ) -> AsyncIterator[Event | type[HEARTBEAT]]:
+        """Engine events up to the final one included; HEARTBEAT after `heartbeat` idle seconds."""
         while True:
             try:
                 ev = await asyncio.wait_for(self.events_q.get(), heartbeat)
@@ -122,6 +123,10 @@ class Scheduler:
     @property
     def ready(self) -> bool:
         return self.state is State.READY
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
 
     async def drain(self, timeout: float) -> bool:
         """Refuse new work, wait for admitted work up to `timeout` s, then cancel the rest.

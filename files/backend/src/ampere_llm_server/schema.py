@@ -1,4 +1,4 @@
-"""Request bodies, defined once: the validator and the OpenAPI document are both made from them.
+"""Request bodies, defined once: the validator and the OpenAPI document are made from them.
 
 A body is parsed strictly (UTF-8, JSON without NaN/Infinity, bounded nesting; the validator recurses only as deep as
 the schema) and checked against
@@ -14,6 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .engine import SamplingParams
+
+_D = SamplingParams()  # the defaults, stated once
 class Invalid(Exception):
     """A 400: `path` names the field."""
 
@@ -24,7 +27,7 @@ class Invalid(Exception):
 @dataclass(frozen=True)
 class S:
     """A JSON schema node (the subset this service needs)."""
-    type: str | tuple[str, ...]                 # "string" "integer" "number" "boolean" "array" "object"
+    type: str | tuple[str, ...]      # "string" "integer" "number" "boolean" "array" "object"
     description: str = ""
     default: Any = None
     minimum: float | None = None
@@ -147,15 +150,17 @@ MESSAGES = S("array", "The conversation; rendered with the model's own chat temp
              items=MESSAGE, min_items=1, max_items=1000)
 
 SAMPLING = {
-    "max_tokens": S("integer", "Most tokens to generate", default=256, minimum=1, maximum=1 << 20),
-    "temperature": S("number", "0 is greedy (deterministic)", default=0.8, minimum=0, maximum=5),
-    "top_p": S("number", "Nucleus sampling", default=0.95, minimum=0, maximum=1),
-    "top_k": S("integer", "Sample among the k most likely tokens (0: all)", default=40,
+    "max_tokens": S("integer", "Most tokens to generate", default=_D.max_tokens, minimum=1,
+                    maximum=1 << 20),
+    "temperature": S("number", "0 is greedy (deterministic)", default=_D.temperature, minimum=0,
+                     maximum=5),
+    "top_p": S("number", "Nucleus sampling", default=_D.top_p, minimum=0, maximum=1),
+    "top_k": S("integer", "Sample among the k most likely tokens (0: all)", default=_D.top_k,
                minimum=0, maximum=100_000),
-    "min_p": S("number", "Drop tokens less likely than min_p x the best one", default=0.05,
+    "min_p": S("number", "Drop tokens less likely than min_p x the best one", default=_D.min_p,
                minimum=0, maximum=1),
-    "repeat_penalty": S("number", "Penalty for repeating recent tokens (1: none)", default=1.1,
-                        minimum=0, maximum=10),
+    "repeat_penalty": S("number", "Penalty for repeating recent tokens (1: none)",
+                        default=_D.repeat_penalty, minimum=0, maximum=10),
     "seed": S("integer", "Same seed, same prompt, same parameters: same text", minimum=0,
               maximum=2**32 - 1),
 }
@@ -174,7 +179,8 @@ GENERATE = S("object", "Exactly one of prompt or messages, plus sampling paramet
 _OPENAI_COMMON = {
     "model": S("string", "Ignored: a node serves one model (see GET /v1/models)"),
     **SAMPLING,
-    "temperature": S("number", "0 is greedy (deterministic)", default=1.0, minimum=0, maximum=2),
+    "temperature": S("number", "0 is greedy (deterministic)", default=_D.temperature, minimum=0,
+                     maximum=2),
     "stop": S(("string", "array"), "Up to 16 stop strings", items=STOP_STRING, max_length=256,
               max_items=16),
     "n": S("integer", "Number of choices: only 1 is supported", default=1, minimum=1, maximum=1),
