@@ -1,0 +1,281 @@
+"""The measuring core of `make bench`: start a server, stream N requests at once, time them at the client.
+
+Both servers are measured by the same code: a `Server` knows how to start one kind of process and
+how to read its stream; `run_round` sends N streamed requests at once and times every token event
+as it arrives over HTTP. Only what the servers themselves report is taken from them: how many
+tokens they generated and how many prompt tokens they read (so a stream that ended early is
+normalised per token instead of flattering or penalising anyone).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+GREEDY = {"temperature": 0, "repeat_penalty": 1.0, "seed": 1}   # same sampling on both sides
+
+
+@dataclass
+class Sample:
+    """One streamed request as the client saw it."""
+    ttft_ms: float          # request sent -> first token event received
+    decode_s: float         # first token event -> last token event
+    tokens: int             # completion tokens, as the server counted them
+    prompt_tokens: int      # prompt tokens, as the server counted them (cached ones included)
+    end_s: float            # request sent -> stream ended
+
+    @property
+    def decode_tps(self) -> float | None:
+        # n tokens arrive in n-1 intervals after the first one
+        return (self.tokens - 1) / self.decode_s if self.tokens > 1 and self.decode_s > 0 else None
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def sse_events(resp: aiohttp.ClientResponse):
+    """(event, data) pairs of a text/event-stream, yielded the moment each event is complete."""
+    event, data = "message", []
+    async for raw in resp.content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue                                  # heartbeat comment
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+    if data:
+        yield event, "\n".join(data)
+
+
+class Server:
+    """One server process on 127.0.0.1 and a free port; its output goes to a log file."""
+    label = "server"
+    ready_path = "/health"
+
+    def __init__(self, model: Path, threads: int, parallel: int, ctx_per_slot: int, log_dir: Path):
+        self.model, self.threads, self.parallel, self.ctx = model, threads, parallel, ctx_per_slot
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{self.label}-parallel{parallel}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    async def start(self, timeout: float = 180) -> "Server":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        # own session: a Ctrl-C at the terminal reaches the harness, which stops us cleanly
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise BenchError(f"{self.label} exited with {self.proc.returncode} while starting:\n"
+                                     f"{self.log_tail()}")
+                try:
+                    async with session.get(self.url + self.ready_path,
+                                           timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        if r.status == 200:
+                            return self
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                await asyncio.sleep(0.1)
+        self.stop()
+        raise BenchError(f"{self.label} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def request(self, prompt: str, max_tokens: int) -> tuple[str, dict]:
+        raise NotImplementedError
+
+    def read_event(self, event: str, data: dict) -> tuple[bool, dict | None]:
+        """(is a token event, final counts {tokens, prompt_tokens} if this event ends the stream)"""
+        raise NotImplementedError
+
+    async def stream(self, session: aiohttp.ClientSession, prompt: str, max_tokens: int) -> Sample:
+        path, body = self.request(prompt, max_tokens)
+        t0 = time.perf_counter()
+        first = last = None
+        async with session.post(self.url + path, json=body) as resp:
+            if resp.status != 200:
+                raise BenchError(f"{self.label} answered {resp.status}: {(await resp.text())[:300]}")
+            async for event, raw in sse_events(resp):
+                if raw == "[DONE]":
+                    continue
+                is_token, final = self.read_event(event, json.loads(raw))
+                if is_token:
+                    last = time.perf_counter()
+                    first = first or last
+                if final is not None:
+                    break
+        end = time.perf_counter()
+        if final is None or first is None:
+            raise BenchError(f"{self.label}: stream ended without tokens or without its final event")
+        return Sample(ttft_ms=(first - t0) * 1e3, decode_s=last - first, end_s=end - t0, **final)
+
+
+class LlamaServer(Server):
+    """llama.cpp's own llama-server: native /completion, streamed."""
+    label = "llama-server"
+
+    def __init__(self, bin_dir: Path, *a, **kw):
+        self.bin = bin_dir / "llama-server"
+        super().__init__(*a, **kw)
+
+    def command(self) -> list[str]:
+        # -c is the whole KV cache, split evenly over the slots: per slot it matches ours' --ctx
+        return [str(self.bin), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
+                "-t", str(self.threads), "-tb", str(self.threads), "-np", str(self.parallel),
+                "-c", str(self.ctx * self.parallel), "--no-webui"]
+
+    def request(self, prompt, max_tokens):
+        return "/completion", {"prompt": prompt, "n_predict": max_tokens, "ignore_eos": True,
+                               "stream": True, **GREEDY}
+
+    def read_event(self, event, data):
+        if "error" in data:
+            raise BenchError(f"llama-server error: {data['error']}")
+        if data.get("stop"):
+            t = data.get("timings", {})
+            return bool(data.get("content")), {
+                "tokens": int(data.get("tokens_predicted", t.get("predicted_n", 0))),
+                "prompt_tokens": int(t.get("prompt_n", 0) + t.get("cache_n", 0))}
+        return True, None
+
+
+class OursServer(Server):
+    """This project's ampere-llm-server: POST /generate, streamed (docs/CONTRACTS.md)."""
+    label = "ours"
+    ready_path = "/readyz"
+
+    def command(self) -> list[str]:
+        exe = Path(sys.executable).parent / "ampere-llm-server"
+        return [str(exe), "--model", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
+                "--threads", str(self.threads), "--parallel", str(self.parallel),
+                "--ctx", str(self.ctx), "--max-queue", str(16), "--node-name", "bench",
+                "--log-level", "warning"]
+
+    def request(self, prompt, max_tokens):
+        # no ignore_eos here: the prompts are chosen so greedy decoding runs to max_tokens
+        return "/generate", {"prompt": prompt, "max_tokens": max_tokens, "stream": True, **GREEDY}
+
+    def read_event(self, event, data):
+        if event == "error":
+            raise BenchError(f"ours error: {data.get('error')}")
+        if event == "done":
+            return False, {"tokens": int(data["usage"]["completion_tokens"]),
+                           "prompt_tokens": int(data["usage"]["prompt_tokens"])}
+        return event == "message" and "token" in data, None
+
+
+def counting_prompts(count: int, target_tokens: int, tokens_per_number: float, seed: int = 7) -> list[str]:
+    """Distinct prompts of about `target_tokens` tokens: runs of consecutive numbers.
+
+    Greedy decoding keeps counting, so a model that has an end-of-text token still generates the
+    full max_tokens; and prompts that differ from their first number on keep both servers' prefix
+    caches from skipping the prefill that time-to-first-token is meant to measure."""
+    import random
+    rng = random.Random(seed)
+    n = max(2, math.ceil(target_tokens / tokens_per_number))
+    starts = rng.sample(range(10_000, 80_000), count)
+    return [", ".join(str(s + i) for i in range(n)) + "," for s in starts]
+
+
+async def tokens_per_number(server: LlamaServer) -> float:
+    """How many tokens one ', 12345' costs with this model's tokenizer (llama-server's /tokenize)."""
+    text = ", ".join(str(10_000 + i) for i in range(50))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.url + "/tokenize", json={"content": text}) as r:
+            return len((await r.json())["tokens"]) / 50
+
+
+async def run_round(server: Server, prompts: list[str], max_tokens: int) -> tuple[list[Sample], float]:
+    """Send all prompts at once, one stream each; the samples and the round's wall time in seconds."""
+    connector = aiohttp.TCPConnector(limit=len(prompts) + 1)
+    timeout = aiohttp.ClientTimeout(total=600, sock_read=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        t0 = time.perf_counter()
+        samples = await asyncio.gather(*(server.stream(session, p, max_tokens) for p in prompts))
+        return list(samples), time.perf_counter() - t0
+
+
+def llama_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, gen_tokens: int,
+                reps: int) -> dict:
+    """llama-bench pp<prompt> and tg<gen> on the same model and threads; its JSON, trimmed."""
+    cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", str(prompt_tokens),
+           "-n", str(gen_tokens), "-r", str(reps), "-o", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise BenchError(f"llama-bench failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    result = {"command": " ".join(cmd)}
+    for test in json.loads(out.stdout):
+        kind = "pp" if test["n_gen"] == 0 else "tg"
+        result[kind] = {"tokens": test["n_prompt"] or test["n_gen"], "tps": test["avg_ts"],
+                        "tps_sd": test["stddev_ts"]}
+        result["build_commit"] = test.get("build_commit")
+        result["build_number"] = test.get("build_number")
+        result["cpu_info"] = test.get("cpu_info")
+    return result
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """Nearest-rank quantile (p95 of 10 runs is the worst but one: no interpolation invents values)."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return None
+    return vals[min(len(vals) - 1, max(0, math.ceil(q * len(vals)) - 1))]
+
+
+def median(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith(("model name", "Model name"))), os.uname().machine)
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    return {"cpu": cpu, "arch": os.uname().machine, "cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)), "mem_gib": round(mem_kb / 2**20, 1),
+            "kernel": os.uname().release, "loadavg_start": os.getloadavg()}

@@ -1,0 +1,264 @@
+"""What a bench run means: ratios against the issues' goals, and the run as markdown, console text and a plot."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+OURS, LS = "ours", "llama-server"
+COLORS = {OURS: "#d9730d", LS: "#3b6ea5", "llama-bench": "#4f9a4f"}
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _level(results: dict, n: int) -> dict | None:
+    return next((r for r in results["concurrency"] if r["streams"] == n and OURS in r and LS in r), None)
+
+
+def single(results: dict) -> dict:
+    """The single-stream figures (the N=1 level)."""
+    row = _level(results, 1) or {}
+    pick = lambda who: {"decode_tps": row[who]["per_stream_tps"]["median"],
+                        "ttft_ms": row[who]["ttft_ms"]} if who in row else None
+    return {LS: pick(LS), OURS: pick(OURS), "llama_bench_tg": results["llama_bench"]["tg"]["tps"],
+            "llama_bench_pp": results["llama_bench"]["pp"]["tps"]}
+
+
+def evaluate(results: dict) -> tuple[dict, list[dict]]:
+    """(ratios, goals): every goal of issues 2 and 7 with its measured value and whether it is met."""
+    s = single(results)
+    ours, ls = s[OURS] or {}, s[LS] or {}
+    ttft = lambda d, k: (d.get("ttft_ms") or {}).get(k)
+    ratios = {"single": {
+        "decode_vs_llama_bench_tg": _ratio(ours.get("decode_tps"), s["llama_bench_tg"]),
+        "decode_vs_llama_server": _ratio(ours.get("decode_tps"), ls.get("decode_tps")),
+        "ttft_median_vs_llama_server": _ratio(ttft(ours, "median"), ttft(ls, "median")),
+        "ttft_p95_vs_llama_server": _ratio(ttft(ours, "p95"), ttft(ls, "p95")),
+        "llama_server_decode_vs_llama_bench_tg": _ratio(ls.get("decode_tps"), s["llama_bench_tg"]),
+    }, "concurrency": {}, "scaling": {}}
+    goals = [
+        _goal("single stream: decode ours / llama-bench tg", ratios["single"]["decode_vs_llama_bench_tg"], ">=", 0.97),
+        _goal("single stream: decode ours / llama-server", ratios["single"]["decode_vs_llama_server"], ">=", 1.0),
+        _goal("single stream: TTFT median ours / llama-server", ratios["single"]["ttft_median_vs_llama_server"], "<=", 1.05),
+    ]
+    for row in results["concurrency"]:
+        n = row["streams"]
+        if OURS not in row or LS not in row:
+            goals.append(_goal(f"{_streams(n)}: aggregate ours / llama-server", None, ">=", 1.0,
+                               row.get("error", "not measured")))
+            continue
+        o, l = row[OURS], row[LS]
+        ratios["concurrency"][str(n)] = {
+            "aggregate_vs_llama_server": _ratio(o["aggregate_tps"], l["aggregate_tps"]),
+            "ttft_median_vs_llama_server": _ratio(o["ttft_ms"]["median"], l["ttft_ms"]["median"]),
+            "ttft_p95_vs_llama_server": _ratio(o["ttft_ms"]["p95"], l["ttft_ms"]["p95"]),
+            "per_stream_vs_llama_server": _ratio(o["per_stream_tps"]["median"], l["per_stream_tps"]["median"]),
+        }
+        goals.append(_goal(f"{_streams(n)}: aggregate ours / llama-server",
+                           ratios["concurrency"][str(n)]["aggregate_vs_llama_server"], ">=", 1.0,
+                           row.get("ours_note")))
+    top = max(r["streams"] for r in results["concurrency"])
+    base, high = _level(results, 1), _level(results, top)
+    if top > 1:
+        for who, key in ((OURS, "ours"), (LS, "llama_server")):
+            ratios["scaling"][f"{key}_{top}_vs_1"] = _ratio(high and high[who]["aggregate_tps"],
+                                                            base and base[who]["aggregate_tps"])
+        # llama-server's own scaling says what this model and these cores allow at all
+        theirs = ratios["scaling"][f"llama_server_{top}_vs_1"]
+        note = "; ".join(x for x in (high and high.get("ours_note"),
+                                     theirs and f"llama-server's own: {theirs:.2f}") if x)
+        goals.append(_goal(f"ours aggregate at {top} streams / ours single stream",
+                           ratios["scaling"][f"ours_{top}_vs_1"], ">=", 2.0, note or None))
+    return ratios, goals
+
+
+def _streams(n: int) -> str:
+    return f"{n} stream{'s' * (n > 1)}"
+
+
+def _goal(name, value, op, target, note=None) -> dict:
+    met = None if value is None else (value >= target if op == ">=" else value <= target)
+    return {"goal": name, "value": value, "target": f"{op} {target:g}", "met": met, "note": note}
+
+
+def _fmt(v, spec=".1f"):
+    return "—" if v is None else format(v, spec)
+
+
+def _verdict(g):
+    return {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
+
+
+def _noisy(results: dict) -> str | None:
+    m = results["machine"]
+    load = max(m["loadavg_start"][0], m.get("loadavg_end", [0])[0])
+    if load > m["usable_cores"] * 0.75:
+        return (f"load average reached {load:.1f} on {m['usable_cores']} usable cores: other work shared "
+                f"the CPU, so absolute figures are low and ratios noisy (both sides alternate rounds, "
+                f"which keeps the comparison fair but not quiet)")
+    return None
+
+
+def _concurrency_rows(results):
+    for row in results["concurrency"]:
+        if OURS in row and LS in row:
+            yield row, row[LS], row[OURS]
+
+
+def markdown(results: dict) -> str:
+    c, m, v, lb = results["config"], results["machine"], results["versions"], results["llama_bench"]
+    s = single(results)
+    lines = [f"# Bench {results['started']}: {c['model']}", "",
+             f"{m['cpu']}, {m['usable_cores']}/{m['cores']} cores usable, {m['mem_gib']} GiB; "
+             f"{c['threads']} threads; llama.cpp {v.get('llama_cpp_commit')}; llama-cpp-python "
+             f"{v['llama_cpp_python']}; ampere-llm-server {v['ampere_llm_server']}; load average "
+             f"{m['loadavg_start'][0]:.1f} at start, {m.get('loadavg_end', [0])[0]:.1f} at end; "
+             f"{results['duration_s']} s.", "",
+             f"Prompts of ~{c['prompt_tokens']} tokens, {c['max_tokens']} tokens generated, greedy, per-slot "
+             f"context {c['ctx_per_slot']}; every figure is measured at the HTTP client from streamed "
+             f"token events, except llama-bench's.", ""]
+    if note := _noisy(results):
+        lines += [f"> Note: {note}.", ""]
+    lines += ["## Goals", "", "| goal | value | target | verdict |", "|---|---|---|---|"]
+    for g in results["goals"]:
+        lines.append(f"| {g['goal']} | {_fmt(g['value'], '.2f')} | {g['target']} | {_verdict(g)}"
+                     f"{' (' + g['note'] + ')' if g.get('note') else ''} |")
+    lines += ["", "## Single stream", "", "| | decode tok/s | TTFT median ms | TTFT p95 ms |", "|---|---|---|---|",
+              f"| llama-bench | {_fmt(lb['tg']['tps'])} (tg{lb['tg']['tokens']}) | "
+              f"{_fmt(c['prompt_tokens'] / lb['pp']['tps'] * 1e3)} (pp{lb['pp']['tokens']} alone) | |"]
+    for who in (LS, OURS):
+        if s[who]:
+            lines.append(f"| {who} | {_fmt(s[who]['decode_tps'])} | {_fmt(s[who]['ttft_ms']['median'])} | "
+                         f"{_fmt(s[who]['ttft_ms']['p95'])} |")
+    lines += ["", "## Concurrent streams", "",
+              "| streams | llama-server aggregate tok/s | ours aggregate tok/s | ratio | TTFT median ms (ls / ours) "
+              "| TTFT p95 ms (ls / ours) | per-stream tok/s (ls / ours) | tokens per stream (ours) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row, l, o in _concurrency_rows(results):
+        r = results["ratios"]["concurrency"][str(row["streams"])]
+        lines.append(f"| {row['streams']}{' *' if row.get('ours_note') else ''} | {_fmt(l['aggregate_tps'])} | "
+                     f"{_fmt(o['aggregate_tps'])} | {_fmt(r['aggregate_vs_llama_server'], '.2f')} | "
+                     f"{_fmt(l['ttft_ms']['median'])} / {_fmt(o['ttft_ms']['median'])} | "
+                     f"{_fmt(l['ttft_ms']['p95'])} / {_fmt(o['ttft_ms']['p95'])} | "
+                     f"{_fmt(l['per_stream_tps']['median'])} / {_fmt(o['per_stream_tps']['median'])} | "
+                     f"{o['tokens']['min']}-{o['tokens']['max']} |")
+    for row in results["concurrency"]:
+        if row.get("ours_note"):
+            lines.append(f"\n\\* {row['streams']} streams: ours {row['ours_note']}.")
+        if row.get("error"):
+            lines.append(f"\n{row['streams']} streams failed: {row['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def console(results: dict) -> str:
+    out = ["", "==> goals (issues 2 and 7)"]
+    width = max(len(g["goal"]) for g in results["goals"])
+    for g in results["goals"]:
+        out.append(f"  {g['goal']:<{width}}  {_fmt(g['value'], '.2f'):>6}  {g['target']:<7}  {_verdict(g)}"
+                   f"{'  (' + g['note'] + ')' if g.get('note') else ''}")
+    if note := _noisy(results):
+        out.append(f"  note: {note}")
+    out.append(f"==> wrote {results['files']['md']}, .json and .png ({results['duration_s']} s)")
+    return "\n".join(out)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c, m, v = results["config"], results["machine"], results["versions"]
+    s = single(results)
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    fig.suptitle(f"{c['model']} · {c['threads']} threads · {m['cpu']} · llama.cpp {str(v.get('llama_cpp_commit'))[:9]}"
+                 f" · prompt ~{c['prompt_tokens']} tok, {c['max_tokens']} generated · {results['started']}"
+                 f" · load {m['loadavg_start'][0]:.1f}→{m.get('loadavg_end', [0])[0]:.1f}", fontsize=11)
+
+    def bars(ax, labels, values, colors, title, unit):
+        xs = range(len(labels))
+        b = ax.bar(xs, [x or 0 for x in values], color=colors, width=0.6)
+        ax.set_xticks(list(xs), labels)
+        ax.set_title(title)
+        ax.set_ylabel(unit)
+        ax.bar_label(b, labels=[_fmt(x) for x in values], padding=2)
+        ax.margins(y=0.18)
+
+    # 1. single-stream decode
+    names = ["llama-bench tg", LS, OURS]
+    vals = [s["llama_bench_tg"], (s[LS] or {}).get("decode_tps"), (s[OURS] or {}).get("decode_tps")]
+    bars(axes[0, 0], names, vals, [COLORS["llama-bench"], COLORS[LS], COLORS[OURS]],
+         "Single stream: decode (higher is better)", "tokens/s")
+
+    # 2. single-stream TTFT, median and p95, with prefill alone as the floor
+    ax = axes[0, 1]
+    for i, who in enumerate((LS, OURS)):
+        t = (s[who] or {}).get("ttft_ms") or {}
+        b = ax.bar([i - 0.17, i + 0.17], [t.get("median") or 0, t.get("p95") or 0], width=0.32,
+                   color=COLORS[who], alpha=1.0)
+        b[1].set_alpha(0.5)
+        ax.bar_label(b, labels=[f"{_fmt(t.get('median'))}\nmedian", f"{_fmt(t.get('p95'))}\np95"], padding=2, fontsize=8)
+    floor = c["prompt_tokens"] / s["llama_bench_pp"] * 1e3
+    ax.axhline(floor, color=COLORS["llama-bench"], ls="--", lw=1.2,
+               label=f"prefill alone at llama-bench pp{results['llama_bench']['pp']['tokens']} speed: {floor:.0f} ms")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_xticks([0, 1], [LS, OURS])
+    ax.set_title("Single stream: time to first token (lower is better)")
+    ax.set_ylabel("ms")
+    ax.margins(y=0.25)
+
+    # 3. goals as a table
+    ax = axes[0, 2]
+    ax.axis("off")
+    ax.set_title("Goals")
+    mark = {True: "✓", False: "✗", None: "–"}
+    rows = [[g["goal"], _fmt(g["value"], ".2f"), g["target"],
+             mark[g["met"]] + ("*" if g.get("note") else "")] for g in results["goals"]]
+    table = ax.table(cellText=rows, colLabels=["goal", "value", "target", "met"], loc="upper center",
+                     colWidths=[0.68, 0.1, 0.12, 0.08], cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.35)
+    for (r, col), cell in table.get_celld().items():
+        if r > 0 and col == 3:
+            met = results["goals"][r - 1]["met"]
+            cell.set_facecolor({True: "#d5efd5", False: "#f6d5d5", None: "#eeeeee"}[met])
+    notes = [f"* {g['goal']}: {g['note']}" for g in results["goals"] if g.get("note")]
+    if notes:
+        ax.text(0.0, 0.02, "\n".join(textwrap.fill(n, 95, subsequent_indent="   ") for n in notes[:4]),
+                fontsize=7.5, va="bottom", transform=ax.transAxes)
+
+    # 4-6. against concurrent streams
+    panels = [(axes[1, 0], lambda d: d["aggregate_tps"], None,
+               "Aggregate: completion tokens / round time (higher is better)", "tokens/s"),
+              (axes[1, 1], lambda d: d["ttft_ms"]["median"], lambda d: d["ttft_ms"]["p95"],
+               "Time to first token: median, p95 dashed (lower is better)", "ms"),
+              (axes[1, 2], lambda d: d["per_stream_tps"]["median"], None, "Per-stream decode, median", "tokens/s")]
+    rows = list(_concurrency_rows(results))
+    ns = [row["streams"] for row, _, _ in rows]
+    for ax, get, get2, title, unit in panels:
+        for who, dy in ((LS, 7), (OURS, -13)):     # labels above / below: close values stay legible
+            ys = [get(row[who]) for row, _, _ in rows]
+            ax.plot(ns, ys, "o-", color=COLORS[who], label=who)
+            if get2:
+                ax.plot(ns, [get2(row[who]) for row, _, _ in rows], "o--", color=COLORS[who], alpha=0.6)
+            for x, y in zip(ns, ys):
+                if y is not None:
+                    ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, dy), ha="center",
+                                fontsize=8, color=COLORS[who])
+        fallback = [row["streams"] for row, _, _ in rows if row.get("ours_note")]
+        for x in fallback:
+            ax.axvspan(x * 0.9, x * 1.1, color="#999999", alpha=0.15, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("concurrent streams (--parallel N)" + ("; shaded: ours at --parallel 1" if fallback else ""))
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        top = max((v for row, _, _ in rows for who in (LS, OURS)
+                   for v in (get(row[who]), get2(row[who]) if get2 else None) if v), default=1)
+        ax.set_ylim(0, top * 1.15)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,225 @@
+"""`make bench`: this node's service side by side with llama-bench and llama-server, one run, one model.
+
+1. llama-bench pp<P> and tg<G>: what the llama.cpp build itself does on these cores.
+2. For each number of concurrent streams N (1, 2, 4, 8): llama-server --parallel N and ours
+   (ampere-llm-server --parallel N) run at the same time on free ports; rounds of N streamed
+   requests alternate between them, so a noisy neighbour hurts both alike. N = 1 is the
+   single-stream comparison (time to first token, streamed decode tokens/s).
+Same model, threads, per-slot context, prompt lengths, greedy sampling and max_tokens everywhere.
+Writes <out>/<stamp>-<model>.{json,md,png} and prints the ratios against the goals.
+
+Usage: bench/run.py [--model smollm2|tiny|PATH] [--threads N] [--quick] [--out DIR]
+Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench) and LLAMA_CPP_LIB_PATH: `make bench` sets both.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent / "scripts"))
+
+import harness  # noqa: E402
+import report  # noqa: E402
+from harness import BenchError, LlamaServer, OursServer, median, quantile  # noqa: E402
+
+FULL = {"prompt_tokens": 128, "max_tokens": 128, "runs": 10, "rounds": 3, "levels": [1, 2, 4, 8],
+        "bench_reps": 3}
+QUICK = {"prompt_tokens": 32, "max_tokens": 32, "runs": 3, "rounds": 1, "levels": [1, 2, 4, 8],
+         "bench_reps": 1}
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def resolve_model(name: str) -> Path:
+    if name in ("smollm2", "tiny"):
+        import small_models
+        return Path(getattr(small_models, name)())
+    path = Path(name)
+    if not path.is_file():
+        raise SystemExit(f"bench: model {name!r} is neither smollm2, tiny nor an existing file")
+    return path.resolve()
+
+
+def versions(bin_dir: Path) -> dict:
+    def pkg(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+    return {"python": platform.python_version(), "llama_cpp_python": pkg("llama_cpp_python"),
+            "ampere_llm_server": pkg("ampere-llm-server"), "aiohttp": pkg("aiohttp"),
+            "llama_bin": str(bin_dir), "llama_cpp_lib_path": os.environ.get("LLAMA_CPP_LIB_PATH")}
+
+
+def summarize(rounds: list[dict]) -> dict:
+    """Figures for one server at one level, from its rounds (each: wall_s and samples)."""
+    samples = [s for r in rounds for s in r["samples"]]
+    return {
+        "aggregate_tps": median(sum(s["tokens"] for s in r["samples"]) / r["wall_s"] for r in rounds),
+        "ttft_ms": {"median": median(s["ttft_ms"] for s in samples),
+                    "p95": quantile([s["ttft_ms"] for s in samples], 0.95)},
+        "per_stream_tps": {"median": median(s["decode_tps"] for s in samples),
+                           "p5": quantile([s["decode_tps"] for s in samples], 0.05)},
+        "tokens": {"min": min(s["tokens"] for s in samples), "max": max(s["tokens"] for s in samples)},
+        "prompt_tokens": median(s["prompt_tokens"] for s in samples),
+        "streams": len(samples),
+    }
+
+
+async def start_ours(make, n: int) -> tuple[OursServer, str | None]:
+    """Ours at --parallel n; if that does not start (no batching engine yet), at --parallel 1, said so."""
+    try:
+        return await make(n).start(), None
+    except BenchError as e:
+        if n == 1:
+            raise
+        why = str(e).strip().splitlines()[-1][:200]
+        say(f"    ours --parallel {n} did not start ({why}); measuring ours at --parallel 1 instead")
+        return await make(1).start(), f"ran at --parallel 1: --parallel {n} did not start ({why})"
+
+
+async def measure_level(n: int, cfg: dict, model: Path, bin_dir: Path, threads: int, ctx: int,
+                        logs: Path, prompts) -> dict:
+    row: dict = {"streams": n}
+    servers = []
+    try:
+        ls = await LlamaServer(bin_dir, model, threads, n, ctx, logs).start()
+        servers.append(ls)
+        ours, note = await start_ours(lambda k: OursServer(model, threads, k, ctx, logs), n)
+        servers.append(ours)
+        row["ours_parallel"], row["ours_note"] = ours.parallel, note
+        for s in servers:                       # page the model in, fill caches: not measured
+            await harness.run_round(s, next(prompts)(n), min(8, cfg["max_tokens"]))
+        rounds = cfg["runs"] if n == 1 else cfg["rounds"]
+        raw: dict[str, list] = {s.label: [] for s in servers}
+        for r in range(rounds):
+            batch = next(prompts)(n)            # the same prompts for both servers in a round
+            order = servers if r % 2 == 0 else servers[::-1]
+            for s in order:
+                samples, wall = await harness.run_round(s, batch, cfg["max_tokens"])
+                rec = {"wall_s": wall, "samples": [dict(vars(x), decode_tps=x.decode_tps) for x in samples]}
+                raw[s.label].append(rec)
+                agg = sum(x.tokens for x in samples) / wall
+                say(f"    N={n} {s.label:12} {r + 1:>2}/{rounds}: aggregate {agg:7.1f} tok/s, "
+                    f"TTFT median {median(x.ttft_ms for x in samples):7.1f} ms, "
+                    f"per stream {median(x.decode_tps for x in samples) or 0:7.1f} tok/s, "
+                    f"{min(x.tokens for x in samples)}-{max(x.tokens for x in samples)} tokens")
+        for label, rounds_ in raw.items():
+            row[label] = summarize(rounds_)
+            row[label]["rounds"] = rounds_
+    except BenchError as e:
+        row["error"] = str(e)
+        say(f"    N={n}: FAILED: {e}")
+    finally:
+        for s in servers:
+            s.stop()
+    return row
+
+
+def prompt_source(tokens_per_number: float, target: int):
+    """An endless supply of fresh prompt sets: prompts never repeat within a run."""
+    pool = harness.counting_prompts(4000, target, tokens_per_number)
+    used = 0
+
+    def take(n: int) -> list[str]:
+        nonlocal used
+        used += n
+        return pool[used - n:used]
+    while True:
+        yield take
+
+
+async def main_async(args) -> Path:
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.levels:
+        cfg["levels"] = sorted({1, *args.levels})
+    bin_dir = Path(os.environ.get("AMPERE_LLM_LLAMA_BIN", ""))
+    if not (bin_dir / "llama-server").is_file() or not (bin_dir / "llama-bench").is_file():
+        raise SystemExit("bench: AMPERE_LLM_LLAMA_BIN must name the directory holding llama-server and "
+                         "llama-bench (run `make bench`, which builds and exports it)")
+    model = resolve_model(args.model)
+    threads = args.threads or len(os.sched_getaffinity(0))
+    ctx = max(512, -(-(cfg["prompt_tokens"] * 2 + cfg["max_tokens"] + 64) // 256) * 256)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out).resolve()
+    stem = out / f"{stamp}-{model.stem}"
+    logs = out / f"{stamp}-logs"
+    t_start = time.monotonic()
+
+    results = {
+        "schema": 1, "started": stamp, "machine": harness.machine(), "versions": versions(bin_dir),
+        "config": {**cfg, "model": model.name, "model_path": str(model),
+                   "model_mib": round(model.stat().st_size / 2**20, 1), "threads": threads,
+                   "ctx_per_slot": ctx, "quick": args.quick, "sampling": harness.GREEDY},
+    }
+    m = results["machine"]
+    say(f"==> bench: {model.name} on {m['cpu']} ({m['usable_cores']}/{m['cores']} cores usable, "
+        f"load {m['loadavg_start'][0]:.1f}), {threads} threads, prompt ~{cfg['prompt_tokens']} tokens, "
+        f"{cfg['max_tokens']} generated, streams {cfg['levels']}")
+    say(f"==> llama-bench pp{cfg['prompt_tokens']} / tg{cfg['max_tokens']} x{cfg['bench_reps']}")
+    lb = await asyncio.to_thread(harness.llama_bench, bin_dir, model, threads, cfg["prompt_tokens"],
+                                 cfg["max_tokens"], cfg["bench_reps"])
+    results["llama_bench"] = lb
+    results["versions"]["llama_cpp_commit"] = lb.get("build_commit")
+    say(f"    pp{lb['pp']['tokens']} {lb['pp']['tps']:.1f} tok/s, tg{lb['tg']['tokens']} "
+        f"{lb['tg']['tps']:.1f} tok/s (llama.cpp {lb.get('build_commit')})")
+
+    # The tokenizer decides how many numbers make a prompt of the wanted length.
+    probe = await LlamaServer(bin_dir, model, threads, 1, ctx, logs).start()
+    try:
+        tpn = await harness.tokens_per_number(probe)
+    finally:
+        probe.stop()
+    prompts = prompt_source(tpn, cfg["prompt_tokens"])
+
+    results["concurrency"] = []
+    for n in cfg["levels"]:
+        rounds = cfg["runs"] if n == 1 else cfg["rounds"]
+        say(f"==> {n} concurrent stream{'s' * (n > 1)}: llama-server --parallel {n} vs ours --parallel {n}, "
+            f"{rounds} round{'s' * (rounds > 1)} each")
+        results["concurrency"].append(
+            await measure_level(n, cfg, model, bin_dir, threads, ctx, logs, prompts))
+
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["duration_s"] = round(time.monotonic() - t_start, 1)
+    results["ratios"], results["goals"] = report.evaluate(results)
+    results["files"] = {k: str(stem.with_suffix(f".{k}")) for k in ("json", "md", "png")}
+    results["files"]["logs"] = str(logs)
+    out.mkdir(parents=True, exist_ok=True)
+    report.plot(results, stem.with_suffix(".png"))
+    stem.with_suffix(".md").write_text(report.markdown(results))
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    say(report.console(results))
+    return stem
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2", help="smollm2 (default), tiny, or a GGUF path")
+    p.add_argument("--threads", type=int, default=0, help="default: the cores this process may use")
+    p.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
+    p.add_argument("--levels", type=int, nargs="+", help="concurrent streams to measure (1 is always in)")
+    p.add_argument("--out", default=str(HERE / "results"), help="where results go (default bench/results)")
+    args = p.parse_args(argv)
+    try:
+        asyncio.run(main_async(args))
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""`make bench` end to end in --quick mode on the tiny model: it runs, and writes JSON, markdown and a PNG.
+
+Speeds are not asserted (the machine is shared); what is checked is that every figure the report
+promises exists and was really measured: both servers streamed tokens at every level.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVERS = ("llama-server", "ours")
+
+
+def test_quick_bench_writes_every_figure(tiny_model: Path, tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, str(ROOT / "bench/run.py"), "--quick", "--model", str(tiny_model),
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=180,
+                         env=os.environ.copy())
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "==> goals" in run.stdout and "N=8 ours" in run.stdout      # progress and verdicts shown
+
+    (jpath,) = tmp_path.glob("*.json")
+    res = json.loads(jpath.read_text())
+    assert {"schema", "started", "duration_s", "machine", "versions", "config", "llama_bench",
+            "concurrency", "ratios", "goals", "files"} <= res.keys()
+    assert {"cpu", "cores", "usable_cores", "loadavg_start", "loadavg_end"} <= res["machine"].keys()
+    assert res["versions"]["llama_cpp_commit"] and res["versions"]["llama_cpp_python"]
+    assert res["llama_bench"]["pp"]["tps"] > 0 and res["llama_bench"]["tg"]["tps"] > 0
+
+    assert [row["streams"] for row in res["concurrency"]] == [1, 2, 4, 8]
+    for row in res["concurrency"]:
+        assert "error" not in row, row["error"]
+        for who in SERVERS:
+            fig = row[who]
+            assert fig["streams"] == row["streams"] * len(fig["rounds"])
+            assert fig["aggregate_tps"] > 0 and fig["ttft_ms"]["median"] > 0 and fig["ttft_ms"]["p95"] > 0
+            assert fig["tokens"]["min"] >= 1 and fig["prompt_tokens"] > 0
+        assert set(res["ratios"]["concurrency"][str(row["streams"])]) == {
+            "aggregate_vs_llama_server", "ttft_median_vs_llama_server", "ttft_p95_vs_llama_server",
+            "per_stream_vs_llama_server"}
+    assert set(res["ratios"]["single"]) >= {"decode_vs_llama_bench_tg", "decode_vs_llama_server",
+                                            "ttft_median_vs_llama_server"}
+    assert "ours_8_vs_1" in res["ratios"]["scaling"]
+    assert len(res["goals"]) == 3 + 4 + 1
+    assert all(g["met"] in (True, False) for g in res["goals"]), res["goals"]
+
+    png = Path(res["files"]["png"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    md = Path(res["files"]["md"]).read_text()
+    assert "## Goals" in md and "## Concurrent streams" in md
