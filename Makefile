@@ -79,8 +79,9 @@ demo: setup
 demo-down:
 	bash scripts/demo.sh down
 
+# BENCH_ARGS="--model PATH --threads N --quick" to vary the run (bench/run.py --help).
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
