@@ -204,3 +204,38 @@ async def test_openai_client_unchanged(client):
     else:
         raise AssertionError("empty messages accepted")
     await oa.close()
+
+
+async def test_openai_routes_ignore_unknown_fields_but_refuse_unsupported_ones(client):
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "user": "u-1",
+            "logprobs": False, "frequency_penalty": 0, "model": "whatever"}
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status == 200 and (await r.json())["object"] == "chat.completion"
+    r = await client.post("/v1/chat/completions", json={**body, "n": 2})
+    assert r.status == 400 and "n: must be <= 1" in (await r.json())["error"]["message"]
+    r = await client.post("/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 2})
+    assert r.status == 400 and "prompt: more than 1 items" in (await r.json())["error"]["message"]
+
+
+class ExplodingEngine(SingleEngine):
+    """The real engine, made to fail on request: max_tokens=13 raises inside the worker."""
+
+    def _run(self, job):
+        if job.params.max_tokens == 13:
+            raise RuntimeError("boom")
+        super()._run(job)
+
+
+async def test_an_engine_failure_is_reported_and_the_engine_recovers(make_client):
+    client = await make_client(
+        factory=lambda c: ExplodingEngine(c.model, n_ctx=c.ctx, n_threads=c.threads))
+    await wait_ready(client)
+    r = await client.post("/generate", json={"prompt": "Hi", "max_tokens": 13})
+    assert r.status == 200  # the stream had started: the failure arrives as an event
+    events = await sse_events(r)
+    assert events[-1][0] == "error" and "boom" in events[-1][1]["error"]["message"]
+    r = await client.post("/generate", json={"prompt": "Hi", "max_tokens": 13, "stream": False})
+    assert r.status == 500 and (await r.json())["error"]["type"] == "internal"
+    r = await client.post("/generate", json={"prompt": "Hi", "max_tokens": 3, "stream": False})
+    assert r.status == 200
+    assert metric(await metrics_of(client), "ampere_llm_slots_busy") == 0

@@ -111,8 +111,11 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     parser = _Parser(prog=PROG, description="The node's LLM inference service.",
                      argument_default=argparse.SUPPRESS)
     opts = _options()
-    for name, _ in opts + [("config", str)]:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, help=HELP[name])
+    metavars = {"model": "PATH", "host": "ADDR", "api_key_file": "FILE", "node_name": "NAME",
+                "config": "FILE", "log_level": "LEVEL", int: "N", float: "SECONDS"}
+    for name, kind in opts + [("config", str)]:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, help=HELP[name],
+                            metavar=metavars.get(name) or metavars[kind])
     cli = vars(parser.parse_args(argv))
 
     values: dict[str, Any] = {}
