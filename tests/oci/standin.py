@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import oci
 from cryptography.hazmat.primitives import hashes, serialization
@@ -202,7 +202,7 @@ class StandIn:
                         version = url.path.split("/")[1]
                         ser = self.ident if url.path.endswith("/availabilityDomains") else self.ser[version]
                         parse = lambda t: ser.deserialize_response_data(body, t)  # noqa: E731
-                        result = handler(q, parse, *match.groups())
+                        result = handler(q, parse, *map(unquote, match.groups()))
                         status, model, extra = result if isinstance(result, tuple) else (200, result, {})
                         self.record_serving()
                         return status, None if model is None else ser.sanitize_for_serialization(model), extra

@@ -17,7 +17,7 @@ description:
 options:
   compartment_id: {type: str, required: true}
   name: {type: str, default: ampere-llm-pool}
-  instance_configuration_id: {type: str, required: true}
+  instance_configuration_id: {type: str, description: "Needed to create the pool; omit it to only look an existing pool up."}
   subnet_id: {type: str, required: true}
   size: {type: int, default: 2}
   enforce_size: {type: bool, default: false}
@@ -60,7 +60,7 @@ def main():
     mod = OciModule(dict(
         compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-pool"),
-        instance_configuration_id=dict(type="str", required=True),
+        instance_configuration_id=dict(type="str"),
         subnet_id=dict(type="str", required=True),
         size=dict(type="int", default=2),
         enforce_size=dict(type="bool", default=False),
@@ -78,6 +78,8 @@ def main():
     def body():
         cur = o.find(o.management.list_instance_pools, comp, name=p["name"])
         if cur is None:
+            if not p["instance_configuration_id"]:  # a look-up (rollout.yml): say there is none
+                return mod.result(False, dict(instance_pool_id=None, size=0, instance_configuration_id=None))
             after = dict(name=p["name"], size=p["size"], instance_configuration_id=p["instance_configuration_id"],
                          fault_domains=p["fault_domains"], backend_set=p["backend_set"])
             if mod.check_mode:
@@ -99,7 +101,7 @@ def main():
                                          instance_configuration_id=p["instance_configuration_id"]), after=after)
 
         pool = o.call(o.management.get_instance_pool, cur.id).data
-        if pool.instance_configuration_id != p["instance_configuration_id"]:
+        if p["instance_configuration_id"] and pool.instance_configuration_id != p["instance_configuration_id"]:
             mod.warn(f"pool {p['name']} launches from {pool.instance_configuration_id}, not the requested "
                      f"{p['instance_configuration_id']}: run playbooks/rollout.yml to move its nodes to the new image")
         changed = p["enforce_size"] and pool.size != p["size"]
