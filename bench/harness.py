@@ -240,15 +240,23 @@ async def run_round(server: Server, prompts: list[str], max_tokens: int) -> tupl
 
 
 def llama_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, gen_tokens: int,
-                reps: int) -> dict:
-    """llama-bench pp<prompt> and tg<gen> on the same model and threads; its JSON, trimmed."""
+                reps: int, progress=print) -> dict:
+    """llama-bench pp<prompt> and tg<gen> on the same model and threads; its JSON, trimmed.
+    Its progress lines go to `progress` as they come (a loaded box can take a minute here)."""
     cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", str(prompt_tokens),
-           "-n", str(gen_tokens), "-r", str(reps), "-o", "json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise BenchError(f"llama-bench failed ({out.returncode}):\n{out.stderr[-2000:]}")
+           "-n", str(gen_tokens), "-r", str(reps), "-o", "json", "--progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors = []
+    for line in proc.stderr:              # the JSON on stdout is small: no pipe can fill meanwhile
+        if line.startswith("llama-bench: benchmark"):
+            progress("    " + line.strip().removeprefix("llama-bench: "))
+        else:
+            errors.append(line)
+    stdout = proc.stdout.read()
+    if proc.wait() != 0:
+        raise BenchError(f"llama-bench failed ({proc.returncode}):\n{''.join(errors)[-2000:]}")
     result = {"command": " ".join(cmd)}
-    for test in json.loads(out.stdout):
+    for test in json.loads(stdout):
         kind = "pp" if test["n_gen"] == 0 else "tg"
         result[kind] = {"tokens": test["n_prompt"] or test["n_gen"], "tps": test["avg_ts"],
                         "tps_sd": test["stddev_ts"]}
@@ -271,9 +279,20 @@ def median(values) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def _cpu_name() -> str:
+    # x86 names the CPU in /proc/cpuinfo; Arm (Ampere) kernels do not, lscpu knows it from the part id
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration, subprocess.TimeoutExpired):
+        return os.uname().machine
+
+
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith(("model name", "Model name"))), os.uname().machine)
+    cpu = _cpu_name()
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
     return {"cpu": cpu, "arch": os.uname().machine, "cores": os.cpu_count(),

@@ -170,7 +170,7 @@ async def main_async(args) -> Path:
         f"{cfg['max_tokens']} generated, streams {cfg['levels']}")
     say(f"==> llama-bench pp{cfg['prompt_tokens']} / tg{cfg['max_tokens']} x{cfg['bench_reps']}")
     lb = await asyncio.to_thread(harness.llama_bench, bin_dir, model, threads, cfg["prompt_tokens"],
-                                 cfg["max_tokens"], cfg["bench_reps"])
+                                 cfg["max_tokens"], cfg["bench_reps"], say)
     results["llama_bench"] = lb
     results["versions"]["llama_cpp_commit"] = lb.get("build_commit")
     say(f"    pp{lb['pp']['tokens']} {lb['pp']['tps']:.1f} tok/s, tg{lb['tg']['tokens']} "
