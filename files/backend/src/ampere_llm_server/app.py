@@ -105,7 +105,7 @@ async def access(request: web.Request, handler):
         resp = await handler(request)
         status = resp.status
         return resp
-    except asyncio.CancelledError:  # the client went away mid-request (handler cancellation)
+    except (asyncio.CancelledError, ConnectionError):  # the client went away mid-request
         status = 499
         raise
     finally:

@@ -154,6 +154,18 @@ async def pump(request: web.Request, ticket: Ticket,
     return None
 
 
+async def close_stream(request: web.Request, resp: web.StreamResponse,
+                       *last: bytes) -> web.StreamResponse:
+    """Write the closing events and end the stream; a client already gone is not an error."""
+    try:
+        for chunk in last:
+            await resp.write(chunk)
+        await resp.write_eof()
+    except ConnectionError:
+        request[CLIENT_GONE] = True
+    return resp
+
+
 def usage_timings(ticket: Ticket) -> tuple[dict, dict]:
     done = ticket.end
     prompt = done.prompt_tokens if isinstance(done, Done) else len(ticket.job.prompt_tokens)
@@ -181,13 +193,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if end is None:
         return resp
     if isinstance(end, Failed):
-        await resp.write(sse({"error": {"type": "internal", "message": end.message}}, "error"))
-    else:
-        usage, timings = usage_timings(ticket)
-        await resp.write(sse({"finish_reason": end.finish_reason, "usage": usage,
-                              "timings": timings}, "done"))
-    await resp.write_eof()
-    return resp
+        return await close_stream(request, resp, sse(
+            {"error": {"type": "internal", "message": end.message}}, "error"))
+    usage, timings = usage_timings(ticket)
+    return await close_stream(request, resp, sse(
+        {"finish_reason": end.finish_reason, "usage": usage, "timings": timings}, "done"))
 
 
 async def _generate_json(request: web.Request, ticket: Ticket) -> web.Response:

@@ -14,8 +14,8 @@ from aiohttp import web
 
 from . import schema
 from .engine import Failed, Token
-from .generate import (CONFIG, REQUEST_ID, SCHEDULER, SSE, ApiError, admit, open_sse, prepare, pump, read_body, sse,
-                       usage_timings)
+from .generate import (CONFIG, REQUEST_ID, SCHEDULER, SSE, ApiError, admit, close_stream, open_sse,
+                       prepare, pump, read_body, sse, usage_timings)
 
 
 def model_name(request: web.Request) -> str:
@@ -82,14 +82,12 @@ async def _complete(request: web.Request, body: dict, chat: bool) -> web.StreamR
         if end is None:
             return resp
         if isinstance(end, Failed):
-            await resp.write(sse({"error": {"type": "internal", "message": end.message}}))
+            last = [sse({"error": {"type": "internal", "message": end.message}})]
         else:
-            await resp.write(sse({**common, "choices": [choice(None, end.finish_reason)]}))
+            last = [sse({**common, "choices": [choice(None, end.finish_reason)]})]
             if (body.get("stream_options") or {}).get("include_usage"):
-                await resp.write(sse({**common, "choices": [], "usage": _usage(ticket)}))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+                last.append(sse({**common, "choices": [], "usage": _usage(ticket)}))
+        return await close_stream(request, resp, *last, b"data: [DONE]\n\n")
 
     parts: list[str] = []
 
