@@ -1,0 +1,51 @@
+"""Small tools the page's tests share: a raw streaming client and a Prometheus counter reader."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+LONG_PROMPT = "Count from 1 to 500, separated by commas."  # SmolLM2 at temperature 0 keeps going
+
+
+def generate_body(content: str = LONG_PROMPT, max_tokens: int = 64, **extra) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": content}],
+                       "max_tokens": max_tokens, "temperature": 0, **extra}).encode()
+
+
+class RawStream:
+    """POST /generate over a plain socket, so the test sees each piece exactly as it arrives."""
+
+    def __init__(self, url: str, body: bytes, timeout: float = 60) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.sock.sendall(b"POST /generate HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        self.received = b""
+
+    def pieces(self):
+        """Yield each recv() as it comes, until the server closes."""
+        while chunk := self.sock.recv(65536):
+            self.received += chunk
+            yield chunk
+
+    def read_until(self, marker: bytes) -> None:
+        for _ in self.pieces():
+            if marker in self.received:
+                return
+        raise AssertionError(f"stream ended without {marker!r}:\n{self.received[-2000:]!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def counter(metrics_text: str, name: str, **labels) -> float:
+    """The value of one Prometheus sample (0 when it has not appeared yet)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in metrics_text.splitlines():
+        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if m and m.group(1) == name:
+            have = ",".join(sorted(p for p in (m.group(2) or "").split(",") if p))
+            if have == want:
+                return float(m.group(3))
+    return 0.0

@@ -1,0 +1,87 @@
+"""The NGINX site from the web role's template, run by real NGINX in front of the real backend:
+streams pass through token by token, NGINX's own errors are JSON, limits and access rules hold."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import RawStream, generate_body
+
+
+@pytest.fixture
+def backend(run_server, smollm2_model):
+    return run_server(smollm2_model, "--node-name", "node-a")
+
+
+def test_stream_passes_through_token_by_token(backend, front):
+    f = front(backend.url)
+    for directive in ("proxy_buffering off;", "proxy_http_version 1.1;", "proxy_read_timeout 900s;"):
+        assert directive in f.config
+    s = RawStream(f.url, generate_body(max_tokens=24))
+    pieces_with_tokens = []
+    for piece in s.pieces():
+        if b'data: {"token"' in piece:
+            pieces_with_tokens.append(piece.count(b'data: {"token"'))
+        if b"event: done" in s.received:
+            break
+    s.close()
+    head = s.received.split(b"\r\n\r\n", 1)[0].decode()
+    assert "text/event-stream" in head and "X-Served-By: node-a" in head, head
+    # Held back by a buffer, the tokens would come in a few big pieces (or one at the end);
+    # passed through, the first piece holds a token or so and many pieces follow.
+    assert sum(pieces_with_tokens) == 24
+    assert pieces_with_tokens[0] <= 4, pieces_with_tokens
+    assert len(pieces_with_tokens) >= 8, pieces_with_tokens
+
+
+def test_security_headers_and_node_name_on_every_reply(backend, front):
+    f = front(backend.url)
+    for path, served_by in (("/", "front-test"), ("/readyz", "node-a"), ("/app.js", "front-test")):
+        status, headers, _ = f.request("GET", path)
+        assert status == 200, path
+        csp = headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        # Exactly one X-Served-By: the backend's own, or NGINX's for what it serves alone.
+        assert headers.get_all("X-Served-By") == [served_by], path
+    assert headers["Server"] == "nginx"  # server_tokens off: no version
+
+
+def test_nginx_errors_are_json(backend, front):
+    f = front(backend.url, web_rate_limit_rps=1, web_rate_limit_burst=2)
+    # 413: a body over web_client_max_body_size (1m) never reaches the backend.
+    status, headers, body = f.request("POST", "/generate", b"x" * (2 << 20),
+                                      {"Content-Type": "application/json"})
+    assert status == 413 and json.loads(body)["error"]["type"] == "payload_too_large"
+    # 429: over the rate, NGINX answers like the backend does, with a hint when to retry.
+    statuses = []
+    for _ in range(30):
+        status, headers, body = f.request("POST", "/generate", b"{}", {"Content-Type": "application/json"})
+        statuses.append(status)
+        if status == 429:
+            break
+    assert statuses[0] == 400  # the backend's own JSON answer to an empty body
+    assert status == 429, statuses
+    assert json.loads(body)["error"]["type"] == "rate_limited"
+    assert headers["Retry-After"] == "1" and headers["X-Served-By"] == "front-test"
+    # Health checks are never rate limited, however busy the generation routes are.
+    assert f.request("GET", "/readyz")[0] == 200
+
+
+def test_backend_down_is_json_502(front):
+    from conftest import free_port
+    f = front(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    status, headers, body = f.request("GET", "/readyz")
+    assert status == 502 and json.loads(body)["error"]["type"] == "backend_unavailable"
+    assert headers["X-Served-By"] == "front-test"
+    assert f.request("GET", "/")[0] == 200  # the page still loads and can say what is wrong
+
+
+def test_metrics_only_from_allowed_addresses(backend, front):
+    status, _, body = front(backend.url).request("GET", "/metrics")
+    assert status == 200 and b"ampere_llm_generations_total" in body
+    status, _, body = front(backend.url, web_metrics_allow=["10.255.0.0/16"]).request("GET", "/metrics")
+    assert status == 403 and json.loads(body)["error"]["type"] == "forbidden"
