@@ -5,30 +5,106 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: oci_autoscaling
 short_description: Threshold autoscaling configuration for an ampere-llm instance pool
+version_added: 0.1.0
+author:
+- ampere-llm maintainers
 description:
-  - One threshold policy on the pool's average CPU: add a node above C(scale_out_cpu) percent,
-    remove one below C(scale_in_cpu), within C(min_nodes)..C(max_nodes).
-  - LLM decoding keeps every core busy while any request streams, so CPU is a fair load signal
-    here; scale-in waits C(cool_down) seconds between steps.
-  - Found by display name. OCI does not let a policy's rules be edited in place, so a drifted
-    configuration is deleted and made again (the pool keeps running meanwhile).
-  - C(enabled=false) switches autoscaling off without deleting it (oci_rollout does this itself
-    during a roll-out).
+- One threshold policy on the pool's average CPU; add a node above scale_out_cpu percent, remove one below scale_in_cpu,
+  within min_nodes..max_nodes.
+- LLM decoding keeps every core busy while any request streams, so CPU is a fair load signal.
+- Found by display name. OCI does not let a policy's rules be edited in place, so a drifted configuration is deleted
+  and made again (the pool keeps running).
+- enabled=false switches autoscaling off without deleting it (oci_rollout does this itself during a roll-out).
 options:
-  compartment_id: {type: str, required: true}
-  name: {type: str, default: ampere-llm-autoscaling}
-  instance_pool_id: {type: str, required: true}
-  min_nodes: {type: int, default: 2}
-  max_nodes: {type: int, default: 4}
-  initial_nodes: {type: int, description: Defaults to min_nodes.}
-  scale_out_cpu: {type: int, default: 70}
-  scale_in_cpu: {type: int, default: 20}
-  cool_down: {type: int, default: 300}
-  enabled: {type: bool, default: true}
+  compartment_id:
+    type: str
+    description: Compartment OCID.
+    required: true
+  name:
+    type: str
+    description: Display name.
+    default: ampere-llm-autoscaling
+  instance_pool_id:
+    type: str
+    description: Pool OCID.
+    required: true
+  min_nodes:
+    type: int
+    description: Fewest nodes.
+    default: 2
+  max_nodes:
+    type: int
+    description: Most nodes.
+    default: 4
+  initial_nodes:
+    type: int
+    description: Defaults to min_nodes.
+  scale_out_cpu:
+    type: int
+    description: Average CPU percent above which a node is added.
+    default: 70
+  scale_in_cpu:
+    type: int
+    description: Average CPU percent below which a node is removed.
+    default: 20
+  cool_down:
+    type: int
+    description: Seconds between scaling steps.
+    default: 300
+  enabled:
+    type: bool
+    description: Whether autoscaling acts.
+    default: true
+  auth_type:
+    type: str
+    default: api_key
+    choices:
+    - api_key
+    - instance_principal
+    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
+  config_file:
+    type: path
+    default: ~/.oci/config
+    description: OCI config file (env OCI_CONFIG_FILE).
+  config_profile:
+    type: str
+    default: DEFAULT
+    description: Profile in the config file (env OCI_CONFIG_PROFILE).
+  region:
+    type: str
+    description: Override the profile's region (env OCI_REGION).
+  endpoint:
+    type: str
+    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
+  wait_timeout:
+    type: int
+    default: 1800
+    description: Seconds to wait for a resource to become ready.
+  poll_interval:
+    type: float
+    default: 5.0
+    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
+requirements:
+- oci (Python SDK) on the control node
+notes:
+- Supports check mode and diff mode.
+- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
+  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
+  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+"""
+
+EXAMPLES = r"""
+- name: Autoscaling
+  ampere.llm.oci_autoscaling:
+    compartment_id: "{{ compartment_id }}"
+    instance_pool_id: "{{ pool.instance_pool_id }}"
 """
 
 RETURN = r"""
-autoscaling_configuration_id: {type: str}
+autoscaling_configuration_id:
+  description: Autoscaling configuration OCID.
+  type: str
+  returned: success
 """
 
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, drift

@@ -5,24 +5,92 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: oci_image
 short_description: Custom image of an ampere-llm seed instance
+version_added: 0.1.0
+author:
+- ampere-llm maintainers
 description:
-  - Creates a custom image from C(instance_id) and waits until it is AVAILABLE. OCI takes the
-    instance offline while it captures the boot volume.
-  - Idempotent by display name: an image with C(name) that already exists (or is being made) is
-    the result, and nothing is captured again. Bake a new version under a new name.
-  - C(freeform_tags) record what the image holds (llama.cpp commit and flags, llama-cpp-python,
-    model and its sha256, collection version) so a pool's image can be traced to its build.
+- Creates a custom image from instance_id and waits until it is AVAILABLE. OCI takes the instance offline while
+  it captures the boot volume.
+- Idempotent by display name; an image with that name that exists (or is being made) is the result, and nothing
+  is captured again. Bake a new version under a new name.
+- freeform_tags record what the image holds (llama.cpp commit and flags, llama-cpp-python, model and sha256, collection
+  version).
 options:
-  compartment_id: {type: str, required: true}
-  instance_id: {type: str, required: true, description: The seed instance OCID.}
-  name: {type: str, required: true}
-  freeform_tags: {type: dict, default: {}}
+  compartment_id:
+    type: str
+    description: Compartment OCID.
+    required: true
+  instance_id:
+    type: str
+    description: The seed instance OCID.
+    required: true
+  name:
+    type: str
+    description: Image display name.
+    required: true
+  freeform_tags:
+    type: dict
+    description: Tags of what the image holds (values are cut at 256 characters).
+    default: {}
+  auth_type:
+    type: str
+    default: api_key
+    choices:
+    - api_key
+    - instance_principal
+    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
+  config_file:
+    type: path
+    default: ~/.oci/config
+    description: OCI config file (env OCI_CONFIG_FILE).
+  config_profile:
+    type: str
+    default: DEFAULT
+    description: Profile in the config file (env OCI_CONFIG_PROFILE).
+  region:
+    type: str
+    description: Override the profile's region (env OCI_REGION).
+  endpoint:
+    type: str
+    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
+  wait_timeout:
+    type: int
+    default: 1800
+    description: Seconds to wait for a resource to become ready.
+  poll_interval:
+    type: float
+    default: 5.0
+    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
+requirements:
+- oci (Python SDK) on the control node
+notes:
+- Supports check mode and diff mode.
+- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
+  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
+  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+"""
+
+EXAMPLES = r"""
+- name: Image
+  ampere.llm.oci_image:
+    compartment_id: "{{ compartment_id }}"
+    instance_id: ocid1.instance.oc1..example
+    name: ampere-llm-v1
 """
 
 RETURN = r"""
-image_id: {type: str}
-lifecycle_state: {type: str}
-freeform_tags: {type: dict}
+image_id:
+  description: Image OCID.
+  type: str
+  returned: success
+lifecycle_state:
+  description: Image state.
+  type: str
+  returned: success
+freeform_tags:
+  description: Image tags.
+  type: dict
+  returned: success
 """
 
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule

@@ -5,28 +5,113 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: oci_instance_configuration
 short_description: Instance configuration (launch template) for ampere-llm pool nodes
+version_added: 0.1.0
+author:
+- ampere-llm maintainers
 description:
-  - OCI instance configurations cannot be changed once made. This module names each by what it
-    holds: it looks for a configuration called C(name) whose C(ampere-llm-spec) tag is the hash
-    of the desired launch details, and creates one only when none matches. A new image or shape
-    therefore gives a new configuration; the pool moves to it through rollout.yml.
+- OCI instance configurations cannot be changed once made. This module looks for a configuration called name whose
+  ampere-llm-spec tag is the hash of the desired launch details, and creates one only when none matches.
+- A new image or shape therefore gives a new configuration; the pool moves to it through rollout.yml (oci_rollout).
 options:
-  compartment_id: {type: str, required: true}
-  name: {type: str, default: ampere-llm-node}
-  image_id: {type: str, required: true}
-  subnet_id: {type: str, required: true}
-  shape: {type: str, default: VM.Standard.A2.Flex, description: "A1/A2 Flex (Arm) or an x86 Flex shape."}
-  ocpus: {type: float, default: 2}
-  memory_gbs: {type: float, default: 16}
-  boot_volume_gbs: {type: int, default: 50}
-  assign_public_ip: {type: bool, default: true}
-  ssh_authorized_keys: {type: str, default: ""}
-  user_data: {type: str, default: "", description: cloud-init user-data (plain text; encoded here).}
+  compartment_id:
+    type: str
+    description: Compartment OCID.
+    required: true
+  name:
+    type: str
+    description: Display name.
+    default: ampere-llm-node
+  image_id:
+    type: str
+    description: Image OCID.
+    required: true
+  subnet_id:
+    type: str
+    description: Node subnet OCID.
+    required: true
+  shape:
+    type: str
+    description: A1/A2 Flex (Arm) or an x86 Flex shape; the image must match its architecture.
+    default: VM.Standard.A2.Flex
+  ocpus:
+    type: float
+    description: OCPUs of a Flex shape (one A2 OCPU is two cores).
+    default: 2
+  memory_gbs:
+    type: float
+    description: Memory of a Flex shape.
+    default: 16
+  boot_volume_gbs:
+    type: int
+    description: Boot volume size.
+    default: 50
+  assign_public_ip:
+    type: bool
+    description: Public IP on the nodes (egress without a NAT gateway).
+    default: true
+  ssh_authorized_keys:
+    type: str
+    description: Public SSH key(s) for the default user.
+    default: ''
+  user_data:
+    type: str
+    description: cloud-init user-data, plain text (encoded here).
+    default: ''
+  auth_type:
+    type: str
+    default: api_key
+    choices:
+    - api_key
+    - instance_principal
+    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
+  config_file:
+    type: path
+    default: ~/.oci/config
+    description: OCI config file (env OCI_CONFIG_FILE).
+  config_profile:
+    type: str
+    default: DEFAULT
+    description: Profile in the config file (env OCI_CONFIG_PROFILE).
+  region:
+    type: str
+    description: Override the profile's region (env OCI_REGION).
+  endpoint:
+    type: str
+    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
+  wait_timeout:
+    type: int
+    default: 1800
+    description: Seconds to wait for a resource to become ready.
+  poll_interval:
+    type: float
+    default: 5.0
+    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
+requirements:
+- oci (Python SDK) on the control node
+notes:
+- Supports check mode and diff mode.
+- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
+  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
+  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+"""
+
+EXAMPLES = r"""
+- name: Launch template
+  ampere.llm.oci_instance_configuration:
+    compartment_id: "{{ compartment_id }}"
+    image_id: "{{ image_id }}"
+    subnet_id: "{{ network.node_subnet_id }}"
 """
 
 RETURN = r"""
-instance_configuration_id: {type: str}
-spec_hash: {type: str}
+instance_configuration_id:
+  description: Instance configuration OCID.
+  type: str
+  returned: success
+spec_hash:
+  description: Hash of the launch details.
+  type: str
+  returned: success
 """
 
 import base64

@@ -5,33 +5,123 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: oci_instance_pool
 short_description: Instance pool of ampere-llm nodes behind the load balancer
+version_added: 0.1.0
+author:
+- ampere-llm maintainers
 description:
-  - Creates (or finds by display name) an instance pool from C(instance_configuration_id),
-    placed in one availability domain (the first one, unless given) across C(fault_domains), and
-    attached to the load balancer's backend set: OCI registers each node as a backend.
-  - Waits until the pool is RUNNING and every instance runs.
-  - On an existing pool, the size is left to autoscaling unless C(enforce_size) is true, and the
-    instance configuration is NOT switched here: OCI would not replace running nodes, leaving a
-    mixed pool. Switching images is rollout.yml's job (oci_rollout); a differing configuration is
-    reported as a warning.
+- Creates (or finds by display name) an instance pool placed in one availability domain (the first one, unless given)
+  across fault_domains, and attached to the load balancer's backend set; OCI registers each node as a backend.
+- Waits until the pool is RUNNING and every instance runs.
+- On an existing pool the size is left to autoscaling unless enforce_size is true, and the instance configuration
+  is not switched (OCI would not replace running nodes); switching images is oci_rollout's job. Without instance_configuration_id
+  it only looks the pool up.
 options:
-  compartment_id: {type: str, required: true}
-  name: {type: str, default: ampere-llm-pool}
-  instance_configuration_id: {type: str, description: "Needed to create the pool; omit it to only look an existing pool up."}
-  subnet_id: {type: str, required: true}
-  size: {type: int, default: 2}
-  enforce_size: {type: bool, default: false}
-  availability_domain: {type: str, description: Defaults to the tenancy's first availability domain.}
-  fault_domains: {type: list, elements: str, default: [FAULT-DOMAIN-1, FAULT-DOMAIN-2, FAULT-DOMAIN-3]}
-  load_balancer_id: {type: str, required: true}
-  backend_set: {type: str, default: ampere-llm}
-  backend_port: {type: int, default: 80}
+  compartment_id:
+    type: str
+    description: Compartment OCID.
+    required: true
+  name:
+    type: str
+    description: Display name.
+    default: ampere-llm-pool
+  instance_configuration_id:
+    type: str
+    description: Needed to create the pool; omit it to only look an existing pool up.
+  subnet_id:
+    type: str
+    description: Node subnet OCID.
+    required: true
+  size:
+    type: int
+    description: Nodes at creation.
+    default: 2
+  enforce_size:
+    type: bool
+    description: Also set the size of an existing pool.
+    default: false
+  availability_domain:
+    type: str
+    description: Defaults to the tenancy's first availability domain.
+  fault_domains:
+    type: list
+    description: Fault domains to spread over.
+    elements: str
+    default:
+    - FAULT-DOMAIN-1
+    - FAULT-DOMAIN-2
+    - FAULT-DOMAIN-3
+  load_balancer_id:
+    type: str
+    description: Load balancer OCID.
+    required: true
+  backend_set:
+    type: str
+    description: Backend set name.
+    default: ampere-llm
+  backend_port:
+    type: int
+    description: Nodes' port.
+    default: 80
+  auth_type:
+    type: str
+    default: api_key
+    choices:
+    - api_key
+    - instance_principal
+    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
+  config_file:
+    type: path
+    default: ~/.oci/config
+    description: OCI config file (env OCI_CONFIG_FILE).
+  config_profile:
+    type: str
+    default: DEFAULT
+    description: Profile in the config file (env OCI_CONFIG_PROFILE).
+  region:
+    type: str
+    description: Override the profile's region (env OCI_REGION).
+  endpoint:
+    type: str
+    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
+  wait_timeout:
+    type: int
+    default: 1800
+    description: Seconds to wait for a resource to become ready.
+  poll_interval:
+    type: float
+    default: 5.0
+    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
+requirements:
+- oci (Python SDK) on the control node
+notes:
+- Supports check mode and diff mode.
+- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
+  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
+  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+"""
+
+EXAMPLES = r"""
+- name: Pool
+  ampere.llm.oci_instance_pool:
+    compartment_id: "{{ compartment_id }}"
+    instance_configuration_id: "{{ config.instance_configuration_id }}"
+    subnet_id: "{{ network.node_subnet_id }}"
+    load_balancer_id: "{{ lb.load_balancer_id }}"
 """
 
 RETURN = r"""
-instance_pool_id: {type: str}
-size: {type: int}
-instance_configuration_id: {type: str, description: The configuration the pool launches new nodes from.}
+instance_pool_id:
+  description: Pool OCID (null when looking up a pool that does not exist).
+  type: str
+  returned: success
+size:
+  description: Pool size.
+  type: int
+  returned: success
+instance_configuration_id:
+  description: The configuration the pool launches new nodes from.
+  type: str
+  returned: success
 """
 
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, OciError

@@ -6,35 +6,138 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: oci_load_balancer
 short_description: Public flexible load balancer for an ampere-llm pool
+version_added: 0.1.0
+author:
+- ampere-llm maintainers
 description:
-  - Creates (or finds by display name) a public flexible load balancer with one HTTP listener
-    and one backend set. Backends are not managed here: the instance pool registers its nodes.
-  - The listener's idle timeout (default 3600 s) is far above OCI's 60 s default, because a
-    long CPU prefill sends no byte for a while and a reply streams for minutes.
-  - The health check asks GET C(health_path) for 200: the node's /readyz is 503 while the
-    model loads and while the node drains, so the balancer only routes to nodes that can serve.
-  - Drifted listener or backend-set settings are put back (asynchronous work requests, waited for).
+- Creates (or finds by display name) a public flexible load balancer with one HTTP listener and one backend set.
+  Backends are not managed here; the instance pool registers its nodes.
+- The listener's idle timeout (default 3600 s) is far above OCI's 60 s default, because a long CPU prefill sends
+  no byte for a while and a reply streams for minutes.
+- The health check asks GET health_path for 200; the node's /readyz is 503 while the model loads and while the node
+  drains.
+- Drifted listener or backend-set settings are put back (asynchronous work requests, waited for).
 options:
-  compartment_id: {type: str, required: true}
-  name: {type: str, default: ampere-llm-lb}
-  subnet_ids: {type: list, elements: str, required: true}
-  listen_port: {type: int, default: 80}
-  backend_port: {type: int, default: 80}
-  backend_set: {type: str, default: ampere-llm}
-  idle_timeout: {type: int, default: 3600, description: Seconds a connection may stay silent (max 7200).}
-  min_bandwidth_mbps: {type: int, default: 10}
-  max_bandwidth_mbps: {type: int, default: 10}
-  policy: {type: str, default: LEAST_CONNECTIONS, choices: [LEAST_CONNECTIONS, ROUND_ROBIN, IP_HASH]}
-  health_path: {type: str, default: /readyz}
-  health_interval_ms: {type: int, default: 10000}
-  health_timeout_ms: {type: int, default: 3000}
-  health_retries: {type: int, default: 3}
+  compartment_id:
+    type: str
+    description: Compartment OCID.
+    required: true
+  name:
+    type: str
+    description: Display name.
+    default: ampere-llm-lb
+  subnet_ids:
+    type: list
+    description: Subnet OCIDs (one regional subnet).
+    elements: str
+    required: true
+  listen_port:
+    type: int
+    description: Listener port.
+    default: 80
+  backend_port:
+    type: int
+    description: Nodes' port.
+    default: 80
+  backend_set:
+    type: str
+    description: Backend set name.
+    default: ampere-llm
+  idle_timeout:
+    type: int
+    description: Seconds a connection may stay silent (1-7200).
+    default: 3600
+  min_bandwidth_mbps:
+    type: int
+    description: Flexible shape minimum bandwidth.
+    default: 10
+  max_bandwidth_mbps:
+    type: int
+    description: Flexible shape maximum bandwidth.
+    default: 10
+  policy:
+    type: str
+    description: Balancing policy.
+    default: LEAST_CONNECTIONS
+    choices:
+    - LEAST_CONNECTIONS
+    - ROUND_ROBIN
+    - IP_HASH
+  health_path:
+    type: str
+    description: Health check path.
+    default: /readyz
+  health_interval_ms:
+    type: int
+    description: Health check interval.
+    default: 10000
+  health_timeout_ms:
+    type: int
+    description: Health check timeout.
+    default: 3000
+  health_retries:
+    type: int
+    description: Failed checks before a backend is marked unhealthy.
+    default: 3
+  auth_type:
+    type: str
+    default: api_key
+    choices:
+    - api_key
+    - instance_principal
+    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
+  config_file:
+    type: path
+    default: ~/.oci/config
+    description: OCI config file (env OCI_CONFIG_FILE).
+  config_profile:
+    type: str
+    default: DEFAULT
+    description: Profile in the config file (env OCI_CONFIG_PROFILE).
+  region:
+    type: str
+    description: Override the profile's region (env OCI_REGION).
+  endpoint:
+    type: str
+    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
+  wait_timeout:
+    type: int
+    default: 1800
+    description: Seconds to wait for a resource to become ready.
+  poll_interval:
+    type: float
+    default: 5.0
+    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
+requirements:
+- oci (Python SDK) on the control node
+notes:
+- Supports check mode and diff mode.
+- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
+  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
+  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+"""
+
+EXAMPLES = r"""
+- name: Load balancer
+  ampere.llm.oci_load_balancer:
+    compartment_id: "{{ compartment_id }}"
+    subnet_ids: ["{{ network.lb_subnet_id }}"]
+  register: lb
 """
 
 RETURN = r"""
-load_balancer_id: {type: str}
-public_ip: {type: str, description: The address of the pool's URL (http://<public_ip>/).}
-backend_set: {type: str}
+load_balancer_id:
+  description: Load balancer OCID.
+  type: str
+  returned: success
+public_ip:
+  description: The address of the pool's URL.
+  type: str
+  returned: success
+backend_set:
+  description: Backend set name.
+  type: str
+  returned: success
 """
 
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, drift, to_dict

@@ -6,31 +6,107 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: oci_network
 short_description: The VCN, subnets, gateway, routes and security lists of an ampere-llm pool
+version_added: 0.1.0
+author:
+- ampere-llm maintainers
 description:
-  - Creates (or finds by name) a VCN with an internet gateway, a route table to it, a public
-    subnet for the load balancer and a public subnet for the nodes.
-  - The balancer's security list admits C(listen_port) from anywhere; the nodes' admits
-    C(listen_port) only from the balancer's subnet and SSH only from C(admin_cidr).
-  - Idempotent by display name (C(<name>-vcn), C(<name>-lb), C(<name>-nodes), ...); security
-    rules that drifted are put back. Check mode reports what would be created or changed.
+- Creates (or finds by display name) a VCN with an internet gateway, a route table to it, a public subnet for the
+  load balancer and a public subnet for the nodes.
+- The balancer's security list admits listen_port from anywhere; the nodes' admits listen_port only from the balancer's
+  subnet, and SSH only from admin_cidr.
+- Idempotent by display name (<name>-vcn, <name>-lb, <name>-nodes, ...); security rules that drifted are put back.
 options:
-  compartment_id: {type: str, required: true, description: Compartment OCID.}
-  name: {type: str, default: ampere-llm, description: Prefix of every resource's display name.}
-  vcn_cidr: {type: str, default: 10.0.0.0/16}
-  lb_subnet_cidr: {type: str, default: 10.0.0.0/24}
-  node_subnet_cidr: {type: str, default: 10.0.1.0/24}
-  admin_cidr: {type: str, default: "", description: "CIDR allowed to SSH to the nodes; empty: no SSH."}
-  listen_port: {type: int, default: 80}
-extends_documentation_fragment: []
+  compartment_id:
+    type: str
+    description: Compartment OCID.
+    required: true
+  name:
+    type: str
+    description: Prefix of every resource's display name.
+    default: ampere-llm
+  vcn_cidr:
+    type: str
+    description: VCN CIDR.
+    default: 10.0.0.0/16
+  lb_subnet_cidr:
+    type: str
+    description: Load balancer subnet CIDR.
+    default: 10.0.0.0/24
+  node_subnet_cidr:
+    type: str
+    description: Node subnet CIDR.
+    default: 10.0.1.0/24
+  admin_cidr:
+    type: str
+    description: CIDR allowed to SSH to the nodes; empty means no SSH.
+    default: ''
+  listen_port:
+    type: int
+    description: The port the balancer listens on and the nodes serve.
+    default: 80
+  auth_type:
+    type: str
+    default: api_key
+    choices:
+    - api_key
+    - instance_principal
+    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
+  config_file:
+    type: path
+    default: ~/.oci/config
+    description: OCI config file (env OCI_CONFIG_FILE).
+  config_profile:
+    type: str
+    default: DEFAULT
+    description: Profile in the config file (env OCI_CONFIG_PROFILE).
+  region:
+    type: str
+    description: Override the profile's region (env OCI_REGION).
+  endpoint:
+    type: str
+    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
+  wait_timeout:
+    type: int
+    default: 1800
+    description: Seconds to wait for a resource to become ready.
+  poll_interval:
+    type: float
+    default: 5.0
+    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
+requirements:
+- oci (Python SDK) on the control node
 notes:
-  - Common options (auth_type, config_file, config_profile, region, wait_timeout, poll_interval) are
-    shared by every ampere.llm oci_* module; see docs/oci.md.
+- Supports check mode and diff mode.
+- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
+  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
+  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+"""
+
+EXAMPLES = r"""
+- name: Network
+  ampere.llm.oci_network:
+    compartment_id: "{{ compartment_id }}"
+    admin_cidr: 203.0.113.7/32
+  register: network
 """
 
 RETURN = r"""
-vcn_id: {type: str}
-lb_subnet_id: {type: str}
-node_subnet_id: {type: str}
+vcn_id:
+  description: VCN OCID (null in check mode before creation).
+  type: str
+  returned: success
+lb_subnet_id:
+  description: Balancer subnet OCID.
+  type: str
+  returned: success
+node_subnet_id:
+  description: Node subnet OCID.
+  type: str
+  returned: success
+changes:
+  description: What was (or would be) created or changed.
+  type: dict
+  returned: success
 """
 
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule

@@ -5,36 +5,128 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: oci_rollout
 short_description: Replace an instance pool's nodes with nodes of a new image, safely
+version_added: 0.1.0
+author:
+- ampere-llm maintainers
 description:
-  - OCI does not replace a pool's running instances when its configuration changes. This module
-    does, with the collection's one roll-out algorithm (module_utils/rollout.py): grow the pool
-    with nodes of the new configuration, wait until the load balancer reports them healthy, drain
-    the old backends, wait C(drain_timeout) for their streams to end, detach them with
-    auto-terminate (the pool shrinks back to its size), never falling below C(min_healthy).
-  - If the new nodes are not healthy within C(health_timeout), they are removed, the pool goes
-    back to its previous configuration, and the task fails saying so: the old nodes kept serving.
-  - Autoscaling (C(autoscaling_configuration_id)) is paused during the roll and resumed after.
-  - Nodes already on the new image are left alone: a re-run after success changes nothing.
-  - Check mode reports the plan (which nodes, in which batches) and touches nothing.
+- OCI does not replace a pool's running instances when its configuration changes. This module does, with the collection's
+  one roll-out algorithm (module_utils/rollout.py).
+- Grow the pool with nodes of the new configuration, wait until the load balancer reports them healthy, drain the
+  old backends, wait drain_timeout for their streams to end, detach them with auto-terminate (the pool shrinks back
+  to its size), never falling below min_healthy.
+- If the new nodes are not healthy within health_timeout they are removed, the pool goes back to its previous configuration,
+  and the task fails saying so; the old nodes kept serving.
+- Autoscaling (autoscaling_configuration_id) is paused during the roll and resumed after. Nodes already on the new
+  image are left alone, so a re-run after success changes nothing.
+- Check mode reports the plan (which nodes, in which batches) and touches nothing.
 options:
-  compartment_id: {type: str, required: true}
-  instance_pool_id: {type: str, required: true}
-  instance_configuration_id: {type: str, required: true, description: The new configuration.}
-  load_balancer_id: {type: str, required: true}
-  backend_set: {type: str, default: ampere-llm}
-  backend_port: {type: int, default: 80}
-  batch_size: {type: int, default: 0, description: "Nodes replaced per step; 0: all at once (surge to twice the size)."}
-  min_healthy: {type: int, description: Defaults to the number of nodes healthy when the roll starts.}
-  health_timeout: {type: int, default: 900}
-  drain_timeout: {type: int, default: 300, description: "OCI cannot tell per-backend connections: this is waited in full."}
-  autoscaling_configuration_id: {type: str}
+  compartment_id:
+    type: str
+    description: Compartment OCID.
+    required: true
+  instance_pool_id:
+    type: str
+    description: Pool OCID.
+    required: true
+  instance_configuration_id:
+    type: str
+    description: The new configuration.
+    required: true
+  load_balancer_id:
+    type: str
+    description: Load balancer OCID.
+    required: true
+  backend_set:
+    type: str
+    description: Backend set name.
+    default: ampere-llm
+  backend_port:
+    type: int
+    description: Nodes' port.
+    default: 80
+  batch_size:
+    type: int
+    description: Nodes replaced per step; 0 means all at once (surge to twice the size).
+    default: 0
+  min_healthy:
+    type: int
+    description: Defaults to the number of nodes healthy when the roll starts.
+  health_timeout:
+    type: int
+    description: Seconds new nodes have to become healthy at the balancer.
+    default: 900
+  drain_timeout:
+    type: int
+    description: Seconds a drained node keeps running; OCI cannot tell per-backend connections, so this is waited
+      in full.
+    default: 300
+  autoscaling_configuration_id:
+    type: str
+    description: Autoscaling to pause during the roll.
+  auth_type:
+    type: str
+    default: api_key
+    choices:
+    - api_key
+    - instance_principal
+    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
+  config_file:
+    type: path
+    default: ~/.oci/config
+    description: OCI config file (env OCI_CONFIG_FILE).
+  config_profile:
+    type: str
+    default: DEFAULT
+    description: Profile in the config file (env OCI_CONFIG_PROFILE).
+  region:
+    type: str
+    description: Override the profile's region (env OCI_REGION).
+  endpoint:
+    type: str
+    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
+  wait_timeout:
+    type: int
+    default: 1800
+    description: Seconds to wait for a resource to become ready.
+  poll_interval:
+    type: float
+    default: 5.0
+    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
+requirements:
+- oci (Python SDK) on the control node
+notes:
+- Supports check mode and diff mode.
+- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
+  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
+  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+"""
+
+EXAMPLES = r"""
+- name: Roll out
+  ampere.llm.oci_rollout:
+    compartment_id: "{{ compartment_id }}"
+    instance_pool_id: "{{ pool.instance_pool_id }}"
+    instance_configuration_id: "{{ config.instance_configuration_id }}"
+    load_balancer_id: "{{ lb.load_balancer_id }}"
 """
 
 RETURN = r"""
-image_id: {type: str}
-replaced: {type: list, description: Instance OCIDs of the old nodes (planned in check mode).}
-batches: {type: list}
-events: {type: list, description: "grow / healthy / drain / remove / rollback, in order, with times."}
+image_id:
+  description: The new image.
+  type: str
+  returned: success
+replaced:
+  description: Instance OCIDs of the old nodes (planned in check mode).
+  type: list
+  returned: success
+batches:
+  description: Old nodes per step.
+  type: list
+  returned: success
+events:
+  description: grow / healthy / drain / remove / rollback, in order, with times.
+  type: list
+  returned: success
 """
 
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, OciError
