@@ -36,6 +36,7 @@ BAD_BODIES = [  # (raw body, words the message must contain)
     (b'{"prompt": "a", "max_tokens": 0}', "max_tokens: must be >= 1"),
     (b'{"prompt": "a", "top_p": 1.5}', "top_p: must be <= 1"),
     (b'{"prompt": "a", "seed": -1}', "seed: must be >= 0"),
+    (b'{"prompt": "a", "seed": 4294967295}', "seed: must be <= 4294967294"),
     (b'{"prompt": "a", "stream": "yes"}', "stream: expected boolean, got string"),
     (b'{"prompt": "a", "stop": "x"}', "stop: expected array, got string"),
     (b'{"prompt": "a", "stop": [1]}', "stop[0]: expected string, got integer"),
@@ -113,3 +114,21 @@ async def test_api_key(make_client, tmp_path):
                               headers={"Authorization": "Bearer s3cret"})).status == 200
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
         assert (await client.get(path)).status == 200, path
+
+
+EXTREMES = [{"temperature": 1e-300}, {"temperature": 5, "top_p": 0}, {"min_p": 1},
+            {"repeat_penalty": 0}, {"repeat_penalty": 10, "temperature": 0},
+            {"top_k": 100_000, "temperature": 5, "min_p": 0, "top_p": 1}, {"seed": 0},
+            {"seed": 4294967294}, {"max_tokens": 1 << 20}]
+
+
+async def test_extreme_sampling_values_never_break_the_engine(make_client):
+    client = await make_client(ctx=256)
+    for params in EXTREMES:
+        body = {"prompt": "Hello Hello", "max_tokens": 16, "stream": False, **params}
+        resp = await client.post("/generate", json=body)
+        assert resp.status == 200, (params, await resp.text())
+        reply = await resp.json()
+        assert reply["finish_reason"] in ("length", "stop"), params
+    # max_tokens beyond the context ends at the context, as "length"
+    assert reply["usage"]["prompt_tokens"] + reply["usage"]["completion_tokens"] <= 256

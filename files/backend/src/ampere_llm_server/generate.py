@@ -69,18 +69,20 @@ async def prepare(request: web.Request, body: dict, *, prompt: str | None = None
                   messages: list | None = None, stop: tuple[str, ...] = ()) -> Prepared:
     """Prompt text or chat messages -> tokens (checked against the context) and sampling params."""
     engine = _open_engine(request)
-    if messages is not None:
-        try:
-            prompt = engine.render_chat(messages)
-        except Exception as e:  # the template's own raise_exception, or no template
-            raise ApiError(400, "invalid_request", f"messages: {e}")
-    assert prompt is not None
-    # Tokenizing a long prompt takes a while: off the loop, so health checks stay instant.
-    tokens = await asyncio.to_thread(engine.tokenize, prompt, add_bos=True, special=True)
-    # A template (or prompt) that writes the BOS token itself must not get a second one.
-    bos = engine.tokenize("", add_bos=True, special=True)
-    if bos and tokens[:2] == bos * 2:
-        tokens = tokens[1:]
+
+    def to_tokens() -> list[int]:
+        text = engine.render_chat(messages) if messages is not None else prompt
+        tokens = engine.tokenize(text, add_bos=True, special=True)
+        # A template (or prompt) that writes the BOS token itself must not get a second one.
+        bos = engine.tokenize("", add_bos=True, special=True)
+        return tokens[1:] if bos and tokens[:2] == bos * 2 else tokens
+
+    try:  # a long prompt takes a while: off the loop, so health checks stay instant
+        tokens = await asyncio.to_thread(to_tokens)
+    except Exception as e:  # the template's own raise_exception, or a model without template
+        if messages is None:
+            raise
+        raise ApiError(400, "invalid_request", f"messages: {e}")
     if not tokens:
         raise ApiError(400, "invalid_request", "prompt is empty")
     if len(tokens) >= engine.n_ctx:

@@ -64,9 +64,9 @@ def validate(value: Any, s: S, path: str = "") -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             raise Invalid(path, "must be a finite number")
         if s.minimum is not None and value < s.minimum:
-            raise Invalid(path, f"must be >= {s.minimum:g}")
+            raise Invalid(path, f"must be >= {s.minimum}")
         if s.maximum is not None and value > s.maximum:
-            raise Invalid(path, f"must be <= {s.maximum:g}")
+            raise Invalid(path, f"must be <= {s.maximum}")
     elif t == "string":
         if s.max_length is not None and len(value) > s.max_length:
             raise Invalid(path, f"longer than {s.max_length} characters")
@@ -161,8 +161,9 @@ SAMPLING = {
                minimum=0, maximum=1),
     "repeat_penalty": S("number", "Penalty for repeating recent tokens (1: none)",
                         default=_D.repeat_penalty, minimum=0, maximum=10),
+    # 2**32 - 1 is llama.cpp's "random seed" value, so it is not a seed one could repeat.
     "seed": S("integer", "Same seed, same prompt, same parameters: same text", minimum=0,
-              maximum=2**32 - 1),
+              maximum=2**32 - 2),
 }
 STOP_STRING = S("string", "A stop string", max_length=256)
 

@@ -109,8 +109,8 @@ class SingleEngine:
             if text.stopped:
                 finish = "stop"
                 break
-            # generate() would evaluate this token next: stop before the context overflows.
-            if made >= p.max_tokens or llm.n_tokens >= self.n_ctx:
+            # prompt + completion never exceed the context (the last token is not evaluated).
+            if made >= p.max_tokens or len(prompt) + made >= self.n_ctx:
                 break
         if finish != "cancelled" and (tail := text.flush()):
             job.emit(Token(tail, FLUSH_TOKEN_ID))
