@@ -116,11 +116,19 @@ def admit(request: web.Request, prep: Prepared) -> Ticket:
     return ticket
 
 
-async def open_sse(request: web.Request) -> web.StreamResponse:
-    """A text/event-stream reply that proxies pass through unbuffered."""
+async def open_sse(request: web.Request, ticket: Ticket, *first: bytes) -> web.StreamResponse:
+    """Start the text/event-stream reply of an admitted request (proxies pass it unbuffered);
+    if the client is already gone, its generation is cancelled."""
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
+    try:
+        await resp.prepare(request)
+        for chunk in first:
+            await resp.write(chunk)
+    except BaseException:  # ConnectionError, or CancelledError from handler cancellation
+        request.app[SCHEDULER].cancel(ticket)
+        raise
+    request[SSE] = resp
     return resp
 
 
@@ -186,7 +194,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not body.get("stream", True):
         return await _generate_json(request, ticket)
 
-    resp = request[SSE] = await open_sse(request)
+    resp = await open_sse(request, ticket)
 
     async def on_token(tok: Token) -> None:
         await resp.write(sse({"token": tok.text}))

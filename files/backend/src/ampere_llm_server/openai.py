@@ -14,7 +14,7 @@ from aiohttp import web
 
 from . import schema
 from .engine import Failed, Token
-from .generate import (CONFIG, REQUEST_ID, SCHEDULER, SSE, ApiError, admit, close_stream, open_sse,
+from .generate import (CONFIG, REQUEST_ID, SCHEDULER, ApiError, admit, close_stream, open_sse,
                        prepare, pump, read_body, sse, usage_timings)
 
 
@@ -71,9 +71,9 @@ async def _complete(request: web.Request, body: dict, chat: bool) -> web.StreamR
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     if body.get("stream"):
-        resp = request[SSE] = await open_sse(request)
-        if chat:  # OpenAI opens a chat stream with the assistant role and no text
-            await resp.write(sse({**common, "choices": [choice("", None, first=True)]}))
+        # OpenAI opens a chat stream with the assistant role and no text
+        first = [sse({**common, "choices": [choice("", None, first=True)]})] if chat else []
+        resp = await open_sse(request, ticket, *first)
 
         async def on_token(tok: Token) -> None:
             await resp.write(sse({**common, "choices": [choice(tok.text, None)]}))

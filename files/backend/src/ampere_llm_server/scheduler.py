@@ -68,11 +68,14 @@ class Ticket:
                      ) -> AsyncIterator[Event | type[HEARTBEAT]]:
         """Engine events up to the final one included; HEARTBEAT after `heartbeat` idle seconds."""
         while True:
-            try:
-                ev = await asyncio.wait_for(self.events_q.get(), heartbeat)
-            except asyncio.TimeoutError:
-                yield HEARTBEAT
-                continue
+            if not self.events_q.empty():  # the common case while streaming: no timer needed
+                ev = self.events_q.get_nowait()
+            else:
+                try:
+                    ev = await asyncio.wait_for(self.events_q.get(), heartbeat)
+                except asyncio.TimeoutError:
+                    yield HEARTBEAT
+                    continue
             yield ev
             if isinstance(ev, (Done, Failed)):
                 return
