@@ -46,6 +46,7 @@ async def test_one_json_log_line_per_request(run_server, tiny_model):
     assert ok[0]["route"] == "/generate" and ok[0]["status"] == 200 and ok[0]["tokens_out"] >= 1
     bad = [d for d in lines if d["id"] == "log-test-2"]
     assert len(bad) == 1 and bad[0]["status"] == 400
+    assert bad[0]["error"].startswith("invalid_request: body is not valid JSON")
 
 
 def test_a_model_llama_cpp_refuses_ends_the_process(run_server, tmp_path):

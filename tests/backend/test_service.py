@@ -239,3 +239,24 @@ async def test_an_engine_failure_is_reported_and_the_engine_recovers(make_client
     r = await client.post("/generate", json={"prompt": "Hi", "max_tokens": 3, "stream": False})
     assert r.status == 200
     assert metric(await metrics_of(client), "ampere_llm_slots_busy") == 0
+
+
+class BuggyEngine(SingleEngine):
+    """The real engine with a bug planted in tokenize: the safety net must still answer JSON."""
+
+    def tokenize(self, text, **kw):
+        if "explode" in text:
+            raise RuntimeError("planted bug")
+        return super().tokenize(text, **kw)
+
+
+async def test_an_unexpected_bug_is_a_json_500_and_the_service_goes_on(make_client):
+    client = await make_client(
+        factory=lambda c: BuggyEngine(c.model, n_ctx=c.ctx, n_threads=c.threads))
+    await wait_ready(client)
+    r = await client.post("/generate", json={"prompt": "explode", "max_tokens": 2},
+                          headers={"X-Request-Id": "bug-1"})
+    assert r.status == 500
+    assert (await r.json())["error"] == {"type": "internal",
+                                         "message": "internal error (request id bug-1)"}
+    assert (await client.post("/generate", json=SHORT)).status == 200

@@ -93,6 +93,7 @@ _AUTH_PATHS = {r.path for r in ROUTES if r.auth}
 _ERROR_TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found",
                 405: "method_not_allowed", 413: "payload_too_large", 499: "cancelled"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ERROR = web.RequestKey("error", str)  # "type: message" of an error reply, for the log line
 
 
 @web.middleware
@@ -120,6 +121,8 @@ async def access(request: web.Request, handler):
 def _log_line(request: web.Request, route: str, status: int, seconds: float) -> None:
     line: dict[str, Any] = {"id": request[REQUEST_ID], "method": request.method,
                             "route": route, "status": status, "ms": round(seconds * 1000, 1)}
+    if ERROR in request:
+        line["error"] = request[ERROR][:300]
     ticket = request.get(TICKET)
     if ticket is not None:
         end = ticket.end
@@ -137,10 +140,14 @@ def _log_line(request: web.Request, route: str, status: int, seconds: float) -> 
 
 @web.middleware
 async def errors(request: web.Request, handler):
+    def reply(status: int, type_: str, message: str, headers=None) -> web.Response:
+        request[ERROR] = f"{type_}: {message}"
+        return json_error(status, type_, message, headers)
+
     try:
         return await handler(request)
     except ApiError as e:
-        return json_error(e.status, e.type, e.message, e.headers)
+        return reply(e.status, e.type, e.message, e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -150,12 +157,12 @@ async def errors(request: web.Request, handler):
             message = f"no route {request.method} {request.path} (see /openapi.json)"
         elif e.status == 405:
             message = f"{request.method} is not allowed on {request.path}"
-        return json_error(e.status, _ERROR_TYPES.get(e.status, "http_error"), message, headers)
+        return reply(e.status, _ERROR_TYPES.get(e.status, "http_error"), message, headers)
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:  # a bug: log it whole, tell the client little, keep serving
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return json_error(500, "internal", f"internal error (request id {request['request_id']})")
+        return reply(500, "internal", f"internal error (request id {request[REQUEST_ID]})")
 
 
 @web.middleware
