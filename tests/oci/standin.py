@@ -233,6 +233,9 @@ class StandIn:
             ("GET", core, "/instancePools/([^/]+)", lambda q, p, i: self.get(i, "InstancePool")),
             ("PUT", core, "/instancePools/([^/]+)", self.update_instance_pool),
             ("GET", core, "/instancePools/([^/]+)/instances", self.list_pool_instances),
+            ("DELETE", core, "/instancePools/([^/]+)", self.terminate_pool),
+            ("DELETE", core, "/instanceConfigurations/([^/]+)", self.delete_instance_configuration),
+            ("DELETE", lb, "/loadBalancers/([^/]+)", self.delete_lb),
             ("POST", core, "/instancePools/([^/]+)/actions/detachInstance", self.detach_instance),
             ("POST", lb, "/loadBalancers", self.create_lb),
             ("GET", lb, "/loadBalancers", lambda q, p: self.of_kind("LoadBalancer", q, display_name="displayName")),
@@ -244,7 +247,8 @@ class StandIn:
             ("PUT", lb, "/loadBalancers/([^/]+)/backendSets/([^/]+)/backends/([^/]+)", self.update_backend),
             ("POST", asc, "/autoScalingConfigurations", self.create_autoscaling),
             ("GET", asc, "/autoScalingConfigurations", lambda q, p: [
-                build(asm.AutoScalingConfigurationSummary, a) for a in self.of_kind("AutoScalingConfiguration", q)]),
+                build(asm.AutoScalingConfigurationSummary, a) for a in
+                self.of_kind("AutoScalingConfiguration", q, display_name="displayName")]),
             ("GET", asc, "/autoScalingConfigurations/([^/]+)", lambda q, p, i: self.get(i, "AutoScalingConfiguration")),
             ("PUT", asc, "/autoScalingConfigurations/([^/]+)", self.update_autoscaling),
             ("DELETE", asc, "/autoScalingConfigurations/([^/]+)", self.delete_autoscaling),
@@ -277,11 +281,34 @@ class StandIn:
                 return m
 
             out += [("POST", v, f"/{path}", create),
-                    ("GET", v, f"/{path}", lambda q, p, kind=kind: self.of_kind(kind, q, vcn_id="vcnId")),
+                    ("GET", v, f"/{path}", lambda q, p, kind=kind: self.of_kind(kind, q, vcn_id="vcnId", display_name="displayName")),
                     ("GET", v, f"/{path}/([^/]+)", lambda q, p, i, kind=kind: self.get(i, kind))]
             if update_t:
                 out.append(("PUT", v, f"/{path}/([^/]+)", update))
+            out.append(("DELETE", v, f"/{path}/([^/]+)", lambda q, p, i, kind=kind: self.delete_network(i, kind)))
         return out
+
+    def delete_network(self, rid, kind):
+        """Like OCI: 409 while something still lives inside; then TERMINATING -> TERMINATED."""
+        m = self.get(rid, kind)
+        live = lambda r: getattr(r, "lifecycle_state", "") not in ("TERMINATING", "TERMINATED", "DELETED")  # noqa: E731
+        if kind == "Vcn":
+            users = [r for r in self.res.values() if getattr(r, "vcn_id", None) == rid and live(r)]
+        elif kind == "Subnet":
+            users = [lb for lb in self.of("LoadBalancer") if rid in (lb.subnet_ids or []) and live(lb)]
+            users += [i for i in self.of("Instance") if live(i) and self._vnic(i).subnet_id == rid]
+        else:
+            users = [r for r in self.of("Subnet") if live(r) and (r.route_table_id == rid or rid in (r.security_list_ids or []))]
+            users += [r for r in self.of("RouteTable") if live(r) and any(x.network_entity_id == rid for x in r.route_rules or [])]
+        if users:
+            raise ApiError(409, "Conflict", f"{kind} {rid} is still used by {len(users)} resource(s)")
+        m.lifecycle_state = "TERMINATING"
+        self.later(lambda: setattr(m, "lifecycle_state", "TERMINATED"))
+        return 204, None, {}
+
+    def _vnic(self, inst):
+        att = next(a for a in self.of("VnicAttachment") if a.instance_id == inst.id)
+        return self.res[att.vnic_id]
 
     # ---- compute -------------------------------------------------------------------------
     def create_image(self, q, parse):
@@ -379,6 +406,19 @@ class StandIn:
             self._resize(pool)
         return pool
 
+    def terminate_pool(self, q, parse, pid):
+        pool = self.get(pid, "InstancePool")
+        for inst in self._pool_instances(pool):
+            self._terminate(inst)
+        pool.lifecycle_state = "TERMINATING"
+        self.later(lambda: setattr(pool, "lifecycle_state", "TERMINATED"))
+        return 204, None, {}
+
+    def delete_instance_configuration(self, q, parse, cid):
+        self.get(cid, "InstanceConfiguration")
+        del self.res[cid], self.kind[cid]
+        return 204, None, {}
+
     def list_pool_instances(self, q, parse, pid):
         pool = self.get(pid, "InstancePool")
         return [cm.InstanceSummary(id=i.id, availability_domain=i.availability_domain, compartment_id=i.compartment_id,
@@ -423,6 +463,11 @@ class StandIn:
                                                lifecycle_state="CREATING", time_created=now(),
                                                ip_addresses=[lbm.IpAddress(ip_address="203.0.113.10", is_public=True)]))
         return self.work(lb, "CreateLoadBalancer", lambda: setattr(lb, "lifecycle_state", "ACTIVE"))
+
+    def delete_lb(self, q, parse, lid):
+        lb = self.get(lid, "LoadBalancer")
+        lb.lifecycle_state = "DELETING"
+        return self.work(lb, "DeleteLoadBalancer", lambda: setattr(lb, "lifecycle_state", "DELETED"))
 
     def update_listener(self, q, parse, lid, name):
         lb, d = self.get(lid, "LoadBalancer"), parse("UpdateListenerDetails")

@@ -48,6 +48,20 @@ def test_pool_check_mode_then_create_then_nothing_to_change(standin, ansible):
     assert rc == 0, log
     assert changed_tasks(out) == [] and len(standin.mutations()) == before, "a re-run must change nothing"
 
+    # pool_state=absent removes everything in an order OCI accepts (the stand-in answers 409 to a
+    # subnet or VCN that is still in use), keeps the image, and a second removal has nothing to do.
+    rc, out, log = ansible(PLAYBOOKS / "pool.yml", {"pool_state": "absent"})
+    assert rc == 0, log
+    assert standin.of("InstancePool")[0].lifecycle_state == "TERMINATED"
+    assert {i.lifecycle_state for i in standin.of("Instance")} <= {"TERMINATING", "TERMINATED"}
+    assert standin.of("LoadBalancer")[0].lifecycle_state == "DELETED"
+    assert standin.of("InstanceConfiguration") == [] and standin.of("AutoScalingConfiguration") == []
+    assert {r.lifecycle_state for k in ("Vcn", "Subnet", "SecurityList", "RouteTable", "InternetGateway")
+            for r in standin.of(k)} == {"TERMINATED"}
+    assert [i.lifecycle_state for i in standin.of("Image")] == ["AVAILABLE"]
+    rc, out, log = ansible(PLAYBOOKS / "pool.yml", {"pool_state": "absent"})
+    assert rc == 0 and changed_tasks(out) == [], log
+
 
 def test_rollout_rolls_back_a_sick_image_then_replaces_every_node_without_dropping_below_two(standin, ansible):
     old = standin.add_image(COMPARTMENT, "ampere-llm-v1")

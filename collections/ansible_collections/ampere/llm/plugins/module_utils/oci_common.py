@@ -131,14 +131,16 @@ class Oci:
     def identity(self):
         return self.client(oci.identity.IdentityClient)
 
-    def call(self, fn, *args, **kwargs):
-        """Call an SDK operation; 429 and 5xx are retried briefly, anything else becomes an OciError."""
-        what = fn.__name__.replace("_", " ")
+    def call(self, fn, *args, what=None, **kwargs):
+        """Call an SDK operation. 429 (OCI did nothing) is retried; 5xx only for reads, because a
+        create that failed half-way may have happened. Anything else becomes an OciError."""
+        what = what or fn.__name__.replace("_", " ")
+        read = fn.__name__.startswith(("get_", "list_"))
         for attempt in range(4):
             try:
                 return fn(*args, **kwargs)
             except ServiceError as e:
-                if (e.status == 429 or e.status >= 500) and attempt < 3:
+                if (e.status == 429 or (read and e.status >= 500)) and attempt < 3:
                     time.sleep(self.poll * 2 ** attempt)
                     continue
                 raise OciError(explain(e, what)) from None
@@ -147,11 +149,12 @@ class Oci:
                                f"and the network") from None
 
     def list_all(self, fn, *args, **kwargs):
-        return self.call(oci.pagination.list_call_get_all_results, fn, *args, **kwargs).data
+        return self.call(oci.pagination.list_call_get_all_results, fn, *args,
+                         what=fn.__name__.replace("_", " "), **kwargs).data
 
     def find(self, fn, *args, name, **kwargs):
-        """The live resource called `name` (list filters), or None; two of them is an error."""
-        found = [r for r in self.list_all(fn, *args, **kwargs)
+        """The live resource called `name` (filtered by OCI, then here), or None; two is an error."""
+        found = [r for r in self.list_all(fn, *args, display_name=name, **kwargs)
                  if getattr(r, "display_name", None) == name and getattr(r, "lifecycle_state", "") not in GONE]
         if len(found) > 1:
             raise OciError(f"{len(found)} resources are named {name!r}: names must be unique for "
@@ -172,9 +175,26 @@ class Oci:
                 raise OciError(f"{what} {rid} still {state} after {self.timeout}s (wait_timeout)")
             time.sleep(self.poll)
 
+    def delete(self, delete_fn, get_fn, rid, what):
+        """Delete `rid` and wait until OCI reports it gone (TERMINATED/DELETED, or 404)."""
+        self.call(delete_fn, rid)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                state = getattr(get_fn(rid).data, "lifecycle_state", None)
+            except ServiceError as e:
+                if e.status == 404:
+                    return
+                raise OciError(explain(e, f"wait for {what} deletion")) from None
+            if state in ("TERMINATED", "DELETED"):
+                return
+            if time.monotonic() > deadline:
+                raise OciError(f"{what} {rid} still {state} {self.timeout}s after deleting it (wait_timeout)")
+            time.sleep(self.poll)
+
     def wait_lb_work(self, response, what):
         """Load balancer changes are asynchronous: wait for the work request the call returned."""
-        wr_id = response.headers.get("opc-work-request-id")
+        wr_id = response.headers.get("opc-work-request-id")  # (`response` of the SDK call)
         wr = self.wait(self.lb.get_work_request, wr_id, {"SUCCEEDED", "FAILED"}, f"{what} work request")
         if wr.lifecycle_state == "FAILED":
             errs = "; ".join(e.message for e in (wr.error_details or []))

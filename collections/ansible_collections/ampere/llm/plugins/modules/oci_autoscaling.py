@@ -26,8 +26,14 @@ options:
     default: ampere-llm-autoscaling
   instance_pool_id:
     type: str
-    description: Pool OCID.
-    required: true
+    description: Pool OCID; required with state=present.
+  state:
+    type: str
+    description: present makes sure it exists; absent deletes the configuration.
+    default: present
+    choices:
+    - present
+    - absent
   min_nodes:
     type: int
     description: Fewest nodes.
@@ -128,7 +134,8 @@ def main():
     mod = OciModule(dict(
         compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-autoscaling"),
-        instance_pool_id=dict(type="str", required=True),
+        instance_pool_id=dict(type="str"),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
         min_nodes=dict(type="int", default=2),
         max_nodes=dict(type="int", default=4),
         initial_nodes=dict(type="int"),
@@ -136,7 +143,7 @@ def main():
         scale_in_cpu=dict(type="int", default=20),
         cool_down=dict(type="int", default=300),
         enabled=dict(type="bool", default=True),
-    ))
+    ), required_if=[("state", "present", ["instance_pool_id"])])
     p, o = mod.params, mod.oci
     initial = p["initial_nodes"] or p["min_nodes"]
     if not 1 <= p["min_nodes"] <= initial <= p["max_nodes"]:
@@ -163,6 +170,11 @@ def main():
 
     def body():
         cur = o.find(asc.list_auto_scaling_configurations, p["compartment_id"], name=p["name"])
+        if p["state"] == "absent":
+            if cur and not mod.check_mode:
+                o.call(asc.delete_auto_scaling_configuration, cur.id)
+            return mod.result(bool(cur), dict(autoscaling_configuration_id=None),
+                              before=dict(name=p["name"]) if cur else {})
         if cur is None:
             if not mod.check_mode:
                 cur = create()

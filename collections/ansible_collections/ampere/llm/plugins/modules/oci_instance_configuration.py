@@ -23,12 +23,17 @@ options:
     default: ampere-llm-node
   image_id:
     type: str
-    description: Image OCID.
-    required: true
+    description: Image OCID; required with state=present.
   subnet_id:
     type: str
-    description: Node subnet OCID.
-    required: true
+    description: Node subnet OCID; required with state=present.
+  state:
+    type: str
+    description: present makes sure it exists; absent deletes every configuration of that name.
+    default: present
+    choices:
+    - present
+    - absent
   shape:
     type: str
     description: A1/A2 Flex (Arm) or an x86 Flex shape; the image must match its architecture.
@@ -128,8 +133,9 @@ def main():
     mod = OciModule(dict(
         compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-node"),
-        image_id=dict(type="str", required=True),
-        subnet_id=dict(type="str", required=True),
+        image_id=dict(type="str"),
+        subnet_id=dict(type="str"),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
         shape=dict(type="str", default="VM.Standard.A2.Flex"),
         ocpus=dict(type="float", default=2),
         memory_gbs=dict(type="float", default=16),
@@ -137,7 +143,7 @@ def main():
         assign_public_ip=dict(type="bool", default=True),
         ssh_authorized_keys=dict(type="str", default=""),
         user_data=dict(type="str", default=""),
-    ))
+    ), required_if=[("state", "present", ["image_id", "subnet_id"])])
     p, o = mod.params, mod.oci
     spec = {k: p[k] for k in ("image_id", "subnet_id", "shape", "ocpus", "memory_gbs", "boot_volume_gbs",
                               "assign_public_ip", "ssh_authorized_keys", "user_data")}
@@ -149,6 +155,14 @@ def main():
         metadata["user_data"] = base64.b64encode(p["user_data"].encode()).decode()
 
     def body():
+        if p["state"] == "absent":  # every configuration of that name (one per image ever rolled)
+            named = [c for c in o.list_all(o.management.list_instance_configurations, p["compartment_id"])
+                     if c.display_name == p["name"]]
+            if not mod.check_mode:
+                for c in named:
+                    o.call(o.management.delete_instance_configuration, c.id)
+            return mod.result(bool(named), dict(instance_configuration_id=None, spec_hash=None),
+                              before=dict(deleted=[c.id for c in named]))
         same = [c for c in o.list_all(o.management.list_instance_configurations, p["compartment_id"])
                 if c.display_name == p["name"] and (c.freeform_tags or {}).get("ampere-llm-spec") == digest]
         if same:

@@ -29,8 +29,14 @@ options:
     description: Needed to create the pool; omit it to only look an existing pool up.
   subnet_id:
     type: str
-    description: Node subnet OCID.
-    required: true
+    description: Node subnet OCID; required with state=present.
+  state:
+    type: str
+    description: present makes sure it exists; absent deletes (terminates) the pool and its instances.
+    default: present
+    choices:
+    - present
+    - absent
   size:
     type: int
     description: Nodes at creation.
@@ -52,8 +58,7 @@ options:
     - FAULT-DOMAIN-3
   load_balancer_id:
     type: str
-    description: Load balancer OCID.
-    required: true
+    description: Load balancer OCID; required with state=present.
   backend_set:
     type: str
     description: Backend set name.
@@ -151,15 +156,16 @@ def main():
         compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-pool"),
         instance_configuration_id=dict(type="str"),
-        subnet_id=dict(type="str", required=True),
+        subnet_id=dict(type="str"),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
         size=dict(type="int", default=2),
         enforce_size=dict(type="bool", default=False),
         availability_domain=dict(type="str"),
         fault_domains=dict(type="list", elements="str", default=["FAULT-DOMAIN-1", "FAULT-DOMAIN-2", "FAULT-DOMAIN-3"]),
-        load_balancer_id=dict(type="str", required=True),
+        load_balancer_id=dict(type="str"),
         backend_set=dict(type="str", default="ampere-llm"),
         backend_port=dict(type="int", default=80),
-    ))
+    ), required_if=[("state", "present", ["subnet_id", "load_balancer_id"])])
     p, o = mod.params, mod.oci
     comp = p["compartment_id"]
     if p["size"] < 1:
@@ -167,6 +173,11 @@ def main():
 
     def body():
         cur = o.find(o.management.list_instance_pools, comp, name=p["name"])
+        if p["state"] == "absent":  # terminating a pool terminates its instances
+            if cur and not mod.check_mode:
+                o.delete(o.management.terminate_instance_pool, o.management.get_instance_pool, cur.id, "instance pool")
+            return mod.result(bool(cur), dict(instance_pool_id=None, size=0, instance_configuration_id=None),
+                              before=dict(name=p["name"]) if cur else {})
         if cur is None:
             if not p["instance_configuration_id"]:  # a look-up (rollout.yml): say there is none
                 return mod.result(False, dict(instance_pool_id=None, size=0, instance_configuration_id=None))

@@ -28,9 +28,15 @@ options:
     default: ampere-llm-lb
   subnet_ids:
     type: list
-    description: Subnet OCIDs (one regional subnet).
+    description: Subnet OCIDs (one regional subnet); required with state=present.
     elements: str
-    required: true
+  state:
+    type: str
+    description: present makes sure it exists; absent deletes the load balancer.
+    default: present
+    choices:
+    - present
+    - absent
   listen_port:
     type: int
     description: Listener port.
@@ -152,7 +158,8 @@ def main():
     mod = OciModule(dict(
         compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-lb"),
-        subnet_ids=dict(type="list", elements="str", required=True),
+        subnet_ids=dict(type="list", elements="str"),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
         listen_port=dict(type="int", default=80),
         backend_port=dict(type="int", default=80),
         backend_set=dict(type="str", default="ampere-llm"),
@@ -164,7 +171,7 @@ def main():
         health_interval_ms=dict(type="int", default=10000),
         health_timeout_ms=dict(type="int", default=3000),
         health_retries=dict(type="int", default=3),
-    ))
+    ), required_if=[("state", "present", ["subnet_ids"])])
     p, o = mod.params, mod.oci
     if not 1 <= p["idle_timeout"] <= 7200:
         mod.fail_json(msg=f"idle_timeout={p['idle_timeout']}: OCI accepts 1..7200 seconds")
@@ -187,6 +194,10 @@ def main():
 
     def body():
         cur = o.find(lb.list_load_balancers, p["compartment_id"], name=p["name"])
+        if p["state"] == "absent":
+            if cur and not mod.check_mode:
+                o.wait_lb_work(o.call(lb.delete_load_balancer, cur.id), "delete load balancer")
+            return mod.result(bool(cur), out(None), before=dict(name=p["name"]) if cur else {})
         if cur is None:
             after = dict(name=p["name"], listener=want_listener, backend_set=want_set)
             if mod.check_mode:

@@ -44,6 +44,14 @@ options:
     type: int
     description: The port the balancer listens on and the nodes serve.
     default: 80
+  state:
+    type: str
+    description: present makes sure it exists; absent deletes the subnets, security lists, route table, gateway
+      and VCN (in that order).
+    default: present
+    choices:
+    - present
+    - absent
   auth_type:
     type: str
     default: api_key
@@ -138,6 +146,7 @@ def main():
         node_subnet_cidr=dict(type="str", default="10.0.1.0/24"),
         admin_cidr=dict(type="str", default=""),
         listen_port=dict(type="int", default=80),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
     ))
     p, o = mod.params, mod.oci
     net, comp, name = o.network, p["compartment_id"], p["name"]
@@ -166,7 +175,33 @@ def main():
             if not mod.check_mode:
                 o.call(update_fn, current.id, details_cls(ingress_security_rules=ingress, egress_security_rules=egress))
 
+    def remove():
+        """Children first (OCI refuses to delete a VCN that still has them); the VCN's default
+        route table, security list and DHCP options go with it."""
+        vcn = o.find(net.list_vcns, comp, name=f"{name}-vcn")
+        if vcn is not None:
+            for kind, display, list_fn, delete_fn, get_fn in (
+                    ("subnet", f"{name}-lb", net.list_subnets, net.delete_subnet, net.get_subnet),
+                    ("subnet", f"{name}-nodes", net.list_subnets, net.delete_subnet, net.get_subnet),
+                    ("security list", f"{name}-lb-sl", net.list_security_lists, net.delete_security_list, net.get_security_list),
+                    ("security list", f"{name}-nodes-sl", net.list_security_lists, net.delete_security_list, net.get_security_list),
+                    ("route table", f"{name}-rt", net.list_route_tables, net.delete_route_table, net.get_route_table),
+                    ("internet gateway", f"{name}-igw", net.list_internet_gateways, net.delete_internet_gateway,
+                     net.get_internet_gateway)):
+                cur = o.find(list_fn, comp, name=display, vcn_id=vcn.id)
+                if cur is not None:
+                    changes[display] = "delete"
+                    if not mod.check_mode:
+                        o.delete(delete_fn, get_fn, cur.id, kind)
+            changes[f"{name}-vcn"] = "delete"
+            if not mod.check_mode:
+                o.delete(net.delete_vcn, net.get_vcn, vcn.id, "vcn")
+        return mod.result(bool(changes), dict(vcn_id=None, lb_subnet_id=None, node_subnet_id=None),
+                          before=changes, after={}, changes=changes)
+
     def body():
+        if p["state"] == "absent":
+            return remove()
         vcn = ensure("vcn", f"{name}-vcn", net.list_vcns, net.create_vcn, m.CreateVcnDetails(
             compartment_id=comp, cidr_block=p["vcn_cidr"], display_name=f"{name}-vcn"), net.get_vcn)
         under = {"vcn_id": vcn.id} if vcn else None
