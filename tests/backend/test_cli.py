@@ -80,3 +80,9 @@ def test_port_in_use_exits_1(run_server, tiny_model):
     code, err = start_fails("--model", str(tiny_model), "--port", str(first.port),
                             "--host", "127.0.0.1")
     assert code == 1 and f"cannot listen on 127.0.0.1:{first.port}" in err, err
+
+
+def test_missing_llama_cpp_library_is_one_line(tiny_model, tmp_path):
+    code, err = start_fails("--model", str(tiny_model), env={"LLAMA_CPP_LIB_PATH": str(tmp_path)})
+    assert code == 1 and "cannot load llama.cpp" in err and str(tmp_path) in err
+    assert len(err.strip().splitlines()) == 1, err

@@ -172,6 +172,11 @@ def read_api_key(path: str) -> str:
 
 def engine_factory(config: Config) -> Callable[[Config], Any]:
     """The engine for --parallel, chosen (and its module imported) before anything starts."""
+    try:
+        import llama_cpp  # noqa: F401 - loads libllama now, not in the middle of serving
+    except (ImportError, OSError, RuntimeError) as e:
+        where = os.environ.get("LLAMA_CPP_LIB_PATH", "(LLAMA_CPP_LIB_PATH not set)")
+        raise ConfigError(f"cannot load llama.cpp for llama-cpp-python from {where}: {e}") from None
     if config.parallel == 1:
         from .single import SingleEngine
 
