@@ -117,7 +117,8 @@ async def test_disconnect_cancels_generation_and_frees_the_slot(run_server, smol
     wait_for(lambda: metric(server, "ampere_llm_generations_total",
                             '{finish_reason="cancelled"}') == 1, what="cancelled generation")
     wait_for(lambda: metric(server, "ampere_llm_slots_busy") == 0, what="slot freed")
-    assert metric(server, "ampere_llm_completion_tokens_total") < 1000
+    # it stopped soon after the client left (not at 1000): allow for a slow, busy test machine
+    assert metric(server, "ampere_llm_completion_tokens_total") < 200
     assert (await post(server, {"prompt": "Hi", "max_tokens": 2, "stream": False}))[0] == 200
     assert '"finish_reason": "cancelled"' in server.log()
 

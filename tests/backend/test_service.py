@@ -260,3 +260,18 @@ async def test_an_unexpected_bug_is_a_json_500_and_the_service_goes_on(make_clie
     assert (await r.json())["error"] == {"type": "internal",
                                          "message": "internal error (request id bug-1)"}
     assert (await client.post("/generate", json=SHORT)).status == 200
+
+
+async def test_openai_stream_survives_heartbeats(make_client):
+    client = await make_client(max_queue=1, heartbeat_interval=0.01)
+    # the slot is busy for a few hundred ms (300 tokens): the queued stream gets many heartbeats
+    holder = await client.post("/generate", json={**LONG, "max_tokens": 300})
+    assert (await holder.content.readline()).startswith(b"data:")
+    oa = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
+    stream = await oa.completions.create(model="m", prompt="Once", max_tokens=5, temperature=0,
+                                         stream=True)
+    chunks = [c async for c in stream]
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+    assert "".join(c.choices[0].text for c in chunks)
+    assert (await sse_events(holder))[-1][0] == "done"  # the holder ran to its end meanwhile
+    await oa.close()
