@@ -1,6 +1,5 @@
 """Fixtures of the OCI tests: the collection on sys.path, a signing key + OCI config, the local OCI stand-in,
 and a runner for ansible-playbook pointed at it."""
-import base64
 import hashlib
 import json
 import os
@@ -10,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ocitest, standin: unique names, not `conftest`
+from ocitest import COMPARTMENT, ROOT, TENANCY, USER  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "collections"))
-TENANCY = "ocid1.tenancy.oc1..standintenancy"
-USER = "ocid1.user.oc1..standinuser"
-COMPARTMENT = "ocid1.compartment.oc1..standincompartment"
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +57,7 @@ def ansible(standin, oci_key, tmp_path):
                ANSIBLE_CALLBACK_PLUGINS=str(Path(__file__).parent / "callback_plugins"),
                ANSIBLE_CALLBACKS_ENABLED="results_file", RESULTS_FILE=str(tmp_path / "results.json"),
                ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_PIPELINING="1", ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
                OCI_CONFIG_FILE=oci_key["config_file"], AMPERE_LLM_OCI_ENDPOINT=standin.url,
                AMPERE_LLM_OCI_POLL_INTERVAL="0.05")
     if (ROOT / "ansible.cfg").exists():
@@ -78,15 +76,3 @@ def ansible(standin, oci_key, tmp_path):
         return p.returncode, out, p.stdout + p.stderr
 
     return run
-
-
-def task_results(out, name):
-    """The (last) result of the task called `name`, from the results_file callback."""
-    found = [r["result"] for r in out if r["task"] == name]
-    if not found:
-        raise KeyError(name)
-    return found[-1]
-
-
-def changed_tasks(out):
-    return [r["task"] for r in out if r["result"].get("changed")]

@@ -5,7 +5,7 @@ import json
 import threading
 
 import pytest
-from conftest import COMPARTMENT, ROOT, changed_tasks, task_results
+from ocitest import COMPARTMENT, ROOT, changed_tasks, task_results
 
 PLAYBOOKS = ROOT / "playbooks"
 FAST = {"rollout_drain_timeout": 1, "rollout_health_timeout": 20}
