@@ -33,10 +33,12 @@ def test_pool_check_mode_then_create_then_nothing_to_change(standin, ansible):
     assert len(nodes) == 2 and {n.lifecycle_state for n in nodes} == {"RUNNING"}
     assert len({n.fault_domain for n in nodes}) == 2, "a pool of two spreads over two fault domains"
     assert sorted(b.name for b in bs.backends) == sorted(f"{n._ip}:80" for n in nodes)
-    rules = {sl.display_name: sorted((r.source, r.tcp_options.destination_port_range.min) for r in sl.ingress_security_rules)
-             for sl in standin.of("SecurityList")}
+    rules = {sl.display_name: sorted((r.source, r.tcp_options.destination_port_range.min) for r in sl.ingress_security_rules
+                                     if r.protocol == "6") for sl in standin.of("SecurityList")}
     assert rules == {"ampere-llm-lb-sl": [("0.0.0.0/0", 80)],
                      "ampere-llm-nodes-sl": [("10.0.0.0/24", 80), ("198.51.100.0/24", 22)]}
+    (lb_egress,) = {sl.display_name: sl for sl in standin.of("SecurityList")}["ampere-llm-lb-sl"].egress_security_rules
+    assert (lb_egress.destination, lb_egress.tcp_options.destination_port_range.max) == ("10.0.1.0/24", 80)
     cost = task_results(out, "Monthly cost estimate (list prices; override price_* for yours)")["msg"]
     assert (cost["per_node_usd"], cost["load_balancer_usd"], cost["at_min_size_usd"]) == ("14.40", "20.88", "49.68")
     assert "http://203.0.113.10/" in task_results(out, "The pool's URL")["msg"]

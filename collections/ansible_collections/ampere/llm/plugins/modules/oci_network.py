@@ -126,10 +126,17 @@ except ImportError:
 
 
 def rule_key(rule, peer):
-    """A security rule as a comparable tuple: protocol, peer CIDR, destination port range."""
-    tcp = rule.tcp_options
+    """A security rule as a comparable tuple: protocol, peer CIDR, destination ports or ICMP type/code."""
+    tcp, icmp = rule.tcp_options, rule.icmp_options
     rng = (tcp.destination_port_range.min, tcp.destination_port_range.max) if tcp and tcp.destination_port_range else None
-    return (rule.protocol, getattr(rule, peer), rng)
+    return (rule.protocol, getattr(rule, peer), rng or ((icmp.type, icmp.code) if icmp else None))
+
+
+def path_mtu():
+    """ICMP "fragmentation needed" from anywhere, as OCI's default security list has: without it, path
+    MTU discovery fails and large replies stall on some client networks."""
+    return m.IngressSecurityRule(protocol="1", source="0.0.0.0/0", source_type="CIDR_BLOCK",
+                                 icmp_options=m.IcmpOptions(type=3, code=4))
 
 
 def tcp_in(source, port):
@@ -216,10 +223,10 @@ def main():
                                               display_name=f"{name}-rt"), net.get_route_table, under)
         port, everywhere = p["listen_port"], [m.EgressSecurityRule(protocol="all", destination="0.0.0.0/0",
                                                                   destination_type="CIDR_BLOCK")]
-        lb_in = [tcp_in("0.0.0.0/0", port)]
+        lb_in = [tcp_in("0.0.0.0/0", port), path_mtu()]
         lb_out = [m.EgressSecurityRule(protocol="6", destination=p["node_subnet_cidr"], destination_type="CIDR_BLOCK",
                                        tcp_options=m.TcpOptions(destination_port_range=m.PortRange(min=port, max=port)))]
-        node_in = [tcp_in(p["lb_subnet_cidr"], port)] + ([tcp_in(p["admin_cidr"], 22)] if p["admin_cidr"] else [])
+        node_in = [tcp_in(p["lb_subnet_cidr"], port), path_mtu()] + ([tcp_in(p["admin_cidr"], 22)] if p["admin_cidr"] else [])
         lists = {}
         for role, ingress, egress in (("lb", lb_in, lb_out), ("nodes", node_in, everywhere)):
             display = f"{name}-{role}-sl"
