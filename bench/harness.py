@@ -279,6 +279,16 @@ def median(values) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds all processes on the host have used, of which this process and its reaped children).
+    The difference over a run is what other work took from the cores the servers were measured on."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    host = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return host, t.user + t.system + t.children_user + t.children_system
+
+
 def _cpu_name() -> str:
     # x86 names the CPU in /proc/cpuinfo; Arm (Ampere) kernels do not, lscpu knows it from the part id
     for line in Path("/proc/cpuinfo").read_text().splitlines():

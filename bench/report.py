@@ -90,13 +90,17 @@ def _verdict(g):
     return {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
 
 
+def busy(load: float, cores: int) -> bool:
+    return load > cores * 0.75
+
+
 def _noisy(results: dict) -> str | None:
-    m = results["machine"]
-    load = max(m["loadavg_start"][0], m.get("loadavg_end", [0])[0])
-    if load > m["usable_cores"] * 0.75:
-        return (f"load average reached {load:.1f} on {m['usable_cores']} usable cores: other work shared "
-                f"the CPU, so absolute figures are low and ratios noisy (both sides alternate rounds, "
-                f"which keeps the comparison fair but not quiet)")
+    """Other processes' share of the CPU during the run (their CPU seconds / all cores' seconds)."""
+    share = results["machine"].get("other_cpu_share") or 0
+    if share > 0.05:
+        return (f"other processes used {share:.0%} of this machine's CPU during the run: absolute figures "
+                f"are low and ratios noisy (rounds alternate between the servers, which keeps the "
+                f"comparison fair but not quiet); rerun on an idle machine for figures to quote")
     return None
 
 
@@ -113,8 +117,8 @@ def markdown(results: dict) -> str:
              f"{m['cpu']}, {m['usable_cores']}/{m['cores']} cores usable, {m['mem_gib']} GiB; "
              f"{c['threads']} threads; llama.cpp {v.get('llama_cpp_commit')}; llama-cpp-python "
              f"{v['llama_cpp_python']}; ampere-llm-server {v['ampere_llm_server']}; load average "
-             f"{m['loadavg_start'][0]:.1f} at start, {m.get('loadavg_end', [0])[0]:.1f} at end; "
-             f"{results['duration_s']} s.", "",
+             f"{m['loadavg_start'][0]:.1f} at start; other processes' CPU share during the run "
+             f"{m.get('other_cpu_share', 0):.0%}; {results['duration_s']} s.", "",
              f"Prompts of ~{c['prompt_tokens']} tokens, {c['max_tokens']} tokens generated, greedy, per-slot "
              f"context {c['ctx_per_slot']}; every figure is measured at the HTTP client from streamed "
              f"token events, except llama-bench's.", ""]
@@ -173,7 +177,7 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     fig.suptitle(f"{c['model']} · {c['threads']} threads · {m['cpu']} · llama.cpp {str(v.get('llama_cpp_commit'))[:9]}"
                  f" · prompt ~{c['prompt_tokens']} tok, {c['max_tokens']} generated · {results['started']}"
-                 f" · load {m['loadavg_start'][0]:.1f}→{m.get('loadavg_end', [0])[0]:.1f}", fontsize=11)
+                 f" · other processes' CPU share {m.get('other_cpu_share', 0):.0%}", fontsize=11)
 
     def bars(ax, labels, values, colors, title, unit):
         xs = range(len(labels))

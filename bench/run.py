@@ -156,7 +156,7 @@ async def main_async(args) -> Path:
     out = Path(args.out).resolve()
     stem = out / f"{stamp}-{model.stem}"
     logs = out / f"{stamp}-logs"
-    t_start = time.monotonic()
+    t_start, cpu_start = time.monotonic(), harness.cpu_seconds()
 
     results = {
         "schema": 1, "started": stamp, "machine": harness.machine(), "versions": versions(bin_dir),
@@ -168,6 +168,9 @@ async def main_async(args) -> Path:
     say(f"==> bench: {model.name} on {m['cpu']} ({m['usable_cores']}/{m['cores']} cores usable, "
         f"load {m['loadavg_start'][0]:.1f}), {threads} threads, prompt ~{cfg['prompt_tokens']} tokens, "
         f"{cfg['max_tokens']} generated, streams {cfg['levels']}")
+    if report.busy(m["loadavg_start"][0], m["usable_cores"]):
+        say(f"    warning: load average {m['loadavg_start'][0]:.1f} on {m['usable_cores']} cores: other work is "
+            f"running; llama.cpp's threads slow down badly when they share cores, so expect low, noisy figures")
     say(f"==> llama-bench pp{cfg['prompt_tokens']} / tg{cfg['max_tokens']} x{cfg['bench_reps']}")
     lb = await asyncio.to_thread(harness.llama_bench, bin_dir, model, threads, cfg["prompt_tokens"],
                                  cfg["max_tokens"], cfg["bench_reps"], say)
@@ -194,6 +197,9 @@ async def main_async(args) -> Path:
 
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["duration_s"] = round(time.monotonic() - t_start, 1)
+    (host0, own0), (host1, own1) = cpu_start, harness.cpu_seconds()
+    results["machine"]["other_cpu_share"] = round(
+        max(0.0, (host1 - host0) - (own1 - own0)) / (results["duration_s"] * (os.cpu_count() or 1)), 3)
     results["ratios"], results["goals"] = report.evaluate(results)
     results["files"] = {k: str(stem.with_suffix(f".{k}")) for k in ("json", "md", "png")}
     results["files"]["logs"] = str(logs)
@@ -218,6 +224,9 @@ def main(argv=None) -> int:
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:                 # servers were already stopped by the finally blocks
+        print("bench: interrupted, nothing written", file=sys.stderr)
+        return 130
     return 0
 
 
