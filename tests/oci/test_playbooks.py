@@ -50,6 +50,19 @@ def test_pool_check_mode_then_create_then_nothing_to_change(standin, ansible):
     assert rc == 0, log
     assert changed_tasks(out) == [] and len(standin.mutations()) == before, "a re-run must change nothing"
 
+    # Drift made by hand in the console is put back: OCI's 60 s idle timeout, SSH open to the world.
+    from oci.core.models import IngressSecurityRule, PortRange, TcpOptions
+    lb.listeners["http"].connection_configuration.idle_timeout = 60
+    nodes_sl = {sl.display_name: sl for sl in standin.of("SecurityList")}["ampere-llm-nodes-sl"]
+    nodes_sl.ingress_security_rules.append(IngressSecurityRule(
+        protocol="6", source="0.0.0.0/0", tcp_options=TcpOptions(destination_port_range=PortRange(min=22, max=22))))
+    rc, out, log = ansible(PLAYBOOKS / "pool.yml", {"image_id": image, "admin_cidr": "198.51.100.0/24"})
+    assert rc == 0, log
+    assert changed_tasks(out) == ["Network (VCN, gateway, routes, subnets, security lists)",
+                                  "Public load balancer (listener :80, least connections, health check /readyz)"]
+    assert lb.listeners["http"].connection_configuration.idle_timeout == 3600
+    assert ("0.0.0.0/0", "6") not in {(r.source, r.protocol) for r in nodes_sl.ingress_security_rules}
+
     # pool_state=absent removes everything in an order OCI accepts (the stand-in answers 409 to a
     # subnet or VCN that is still in use), keeps the image, and a second removal has nothing to do.
     rc, out, log = ansible(PLAYBOOKS / "pool.yml", {"pool_state": "absent"})
