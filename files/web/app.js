@@ -70,10 +70,15 @@ function renderText(el, text) {
   while (el.children.length > want.length) el.lastElementChild.remove();
 }
 
-function followBottom(wasNearBottom) {
-  if (wasNearBottom) els.log.scrollTop = els.log.scrollHeight;
-}
+// The log follows the newest text while the reader is at the bottom; scrolling up to read stops
+// that until they come back down (also across resizes, e.g. a phone's keyboard opening).
+let stick = true;
 const nearBottom = () => els.log.scrollHeight - els.log.scrollTop - els.log.clientHeight < 80;
+function followBottom() {
+  if (stick) els.log.scrollTop = els.log.scrollHeight;
+}
+els.log.addEventListener("scroll", () => { stick = nearBottom(); });
+new ResizeObserver(followBottom).observe(els.log);
 
 function showNotice(text) {
   els.notice.textContent = text;
@@ -214,7 +219,18 @@ function stats(r) {
   if (r.node) parts.push(`node ${r.node}`);
   if (r.stopped) parts.push("stopped");
   else if (r.done?.finish_reason === "length") parts.push("hit the max tokens limit");
-  return parts.join(" · ");
+  return parts;
+}
+
+// One span per figure, so a narrow screen wraps between figures, never inside one.
+function showStats(meta, parts) {
+  meta.replaceChildren();
+  parts.forEach((text, i) => {
+    if (i) meta.append(" · ");
+    const span = document.createElement("span");
+    span.textContent = text;
+    meta.append(span);
+  });
 }
 
 // ---- the conversation ------------------------------------------------------------------------
@@ -233,15 +249,15 @@ async function send() {
   answer.node.classList.add("pending");
   answer.meta.textContent = "Waiting for the first token…";
   els.prompt.value = "";
-  followBottom(true);
+  stick = true;
+  followBottom();
 
   const controller = new AbortController();
   setRunning(controller);
   const r = await generate(messages, settings, controller, (soFar) => {
-    const follow = nearBottom();
     if (soFar) answer.node.classList.remove("pending");
     renderText(answer.body, soFar);
-    followBottom(follow);
+    followBottom();
   });
   setRunning(null);
   if (r.node) setNode(r.node, "ready");
@@ -261,7 +277,7 @@ async function send() {
   }
   answer.node.classList.remove("pending");
   conversation.push({ role: "user", content: text }, { role: "assistant", content: r.text });
-  answer.meta.textContent = stats(r);
+  showStats(answer.meta, stats(r));
   if (r.problem) {
     answer.node.classList.add("cut");
     const note = document.createElement("p");
@@ -269,6 +285,7 @@ async function send() {
     note.textContent = describe(r.problem);
     answer.node.append(note);
   }
+  followBottom();
   if (!els.settings.contains(document.activeElement)) els.prompt.focus();
 }
 

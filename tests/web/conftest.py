@@ -195,10 +195,13 @@ def csp_problems(pg) -> list[str]:
 
 
 def screenshot(pg, name: str) -> None:
-    """Desktop and phone-width screenshots under artifacts/screenshots/ (kept by CI)."""
+    """Desktop (light and dark) and phone-width screenshots under artifacts/screenshots/ (kept by CI)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     size = pg.viewport_size
     pg.screenshot(path=str(SCREENSHOTS / f"{name}-desktop.png"))
     pg.set_viewport_size({"width": 390, "height": 780})
     pg.screenshot(path=str(SCREENSHOTS / f"{name}-phone.png"))
     pg.set_viewport_size(size)
+    pg.emulate_media(color_scheme="dark")
+    pg.screenshot(path=str(SCREENSHOTS / f"{name}-desktop-dark.png"))
+    pg.emulate_media(color_scheme="light")

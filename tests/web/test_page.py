@@ -4,6 +4,7 @@ and runs under its strict CSP without a single violation."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -217,3 +218,54 @@ def test_sse_parser_takes_events_split_anywhere(node, page):
     assert result == [{"event": "message", "data": '{"token": "a"}'},
                       {"event": "message", "data": '{"token":\n"b"}'},
                       {"event": "done", "data": '{"x": 1}'}]
+
+
+def test_cut_stream_and_unreachable_node_in_plain_words(run_server, smollm2_model, front, page):
+    backend = run_server(smollm2_model, "--node-name", "node-c")
+    f = front(backend.url)
+    page.goto(f.url)
+    settings(page, 2000, 0)
+    ask(page, LONG_PROMPT)
+    page.wait_for_function("() => document.querySelector('.turn.assistant .body').textContent.length > 30")
+    backend.stop(signal.SIGKILL)  # the backend dies mid-answer; NGINX can only cut the stream
+    problem = page.locator(".turn.assistant .problem")
+    problem.wait_for()
+    assert "cut off" in problem.text_content()
+    assert len(page.locator(".turn.assistant .body").text_content()) > 30  # what arrived is kept
+    assert page.is_enabled("#send")
+    screenshot(page, "cut-off")
+
+    f.proc.terminate()  # now nothing answers at all
+    f.proc.wait(10)
+    ask(page, "Still there?")
+    page.locator("#notice").wait_for(state="visible")
+    assert "Can't reach the node" in page.text_content("#notice")
+    assert page.input_value("#prompt") == "Still there?"
+
+
+def test_keyboard_only_and_labelled(node, page):
+    page.goto(node.url)
+    for label in ("Message", "Max tokens", "Temperature", "API key"):
+        assert page.get_by_label(label).count() == 1, label
+    assert page.get_attribute("#log", "aria-live") == "polite"
+    assert page.evaluate("document.activeElement.id") == "prompt"  # ready to type on load
+    page.keyboard.type("first line")
+    page.keyboard.press("Shift+Enter")  # a new line, not a send
+    page.keyboard.type("second line")
+    assert page.input_value("#prompt") == "first line\nsecond line"
+    assert page.locator(".turn").count() == 0
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "send"
+    page.keyboard.press("Tab")  # Stop is disabled while idle: skipped
+    assert page.evaluate("document.activeElement.id") == "clear"
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # opens Settings from the keyboard
+    assert page.get_attribute("#settings", "open") is not None
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "max-tokens"
+    page.keyboard.press("Control+a")
+    page.keyboard.type("6")
+    page.focus("#prompt")
+    page.keyboard.press("Enter")
+    assert "node node-a" in answer_done(page)
+    assert page.locator(".turn.user .body").text_content() == "first line\nsecond line"
