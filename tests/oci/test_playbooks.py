@@ -97,6 +97,14 @@ def test_rollout_rolls_back_a_sick_image_then_replaces_every_node_without_droppi
     assert not [e for e in standin.events if e[1] == "drain"], "no old node is drained for a sick image"
     assert standin.of("AutoScalingConfiguration")[0].is_enabled, "autoscaling resumes after a failed roll"
 
+    # Check mode shows the plan (its configuration exists now) and changes nothing.
+    before = len(standin.mutations())
+    rc, out, log = ansible(PLAYBOOKS / "rollout.yml", {"image_id": sick, **FAST}, "--check")
+    assert rc == 0, log
+    plan = task_results(out, "Roll the nodes onto the new image")
+    assert plan["changed"] and sorted(plan["replaced"]) == sorted(old_nodes) and plan["batches"] == [plan["replaced"]]
+    assert len(standin.mutations()) == before
+
     # 2. A good image: grow, healthy, drain the old, detach them; never below two serving backends.
     new = standin.add_image(COMPARTMENT, "ampere-llm-v3")
     t0 = standin.serving_log[-1][0]
