@@ -5,6 +5,10 @@ import json
 import re
 import socket
 
+# One llama.cpp thread per test backend: on a shared, oversubscribed CI machine a multi-threaded
+# decode waits on its slowest thread at every barrier and can slow down many times over.
+ONE_THREAD = ("--threads", "1")
+
 LONG_PROMPT = "Count from 1 to 500, separated by commas."  # SmolLM2 at temperature 0 keeps going
 
 

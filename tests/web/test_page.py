@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import csp_problems, screenshot
-from helpers import LONG_PROMPT, RawStream, counter, generate_body
+from helpers import LONG_PROMPT, ONE_THREAD, RawStream, counter, generate_body
 
 # Records the answer's length at every DOM change, with the page's own clock: the test compares
 # the order of events, never their duration.
@@ -26,7 +26,7 @@ new MutationObserver(() => {
 
 @pytest.fixture
 def node(run_server, smollm2_model, front):
-    backend = run_server(smollm2_model, "--node-name", "node-a")
+    backend = run_server(smollm2_model, *ONE_THREAD, "--node-name", "node-a")
     return front(backend.url)
 
 
@@ -115,7 +115,7 @@ def test_stop_halts_the_stream_and_the_server_cancels(node, page):
 
 
 def test_full_queue_shows_the_busy_message(run_server, smollm2_model, front, page):
-    backend = run_server(smollm2_model, "--parallel", "1", "--max-queue", "0", "--node-name", "node-b")
+    backend = run_server(smollm2_model, *ONE_THREAD, "--parallel", "1", "--max-queue", "0", "--node-name", "node-b")
     f = front(backend.url)
     # Hold the only slot: a long generation whose first token proves it is running.
     holder = RawStream(f.url, generate_body(max_tokens=2000))
@@ -186,7 +186,7 @@ def test_api_key_asked_for_and_kept_in_the_tab(run_server, smollm2_model, front,
     key_file = tmp_path / "api-key"
     key_file.write_text("s3cret-key\n")
     key_file.chmod(0o600)
-    backend = run_server(smollm2_model, "--api-key-file", key_file, "--node-name", "node-k")
+    backend = run_server(smollm2_model, *ONE_THREAD, "--api-key-file", key_file, "--node-name", "node-k")
     f = front(backend.url)
     page.goto(f.url)
     settings(page, 8)
@@ -221,7 +221,7 @@ def test_sse_parser_takes_events_split_anywhere(node, page):
 
 
 def test_cut_stream_and_unreachable_node_in_plain_words(run_server, smollm2_model, front, page):
-    backend = run_server(smollm2_model, "--node-name", "node-c")
+    backend = run_server(smollm2_model, *ONE_THREAD, "--node-name", "node-c")
     f = front(backend.url)
     page.goto(f.url)
     settings(page, 2000, 0)

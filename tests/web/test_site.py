@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from helpers import RawStream, generate_body
+from helpers import ONE_THREAD, RawStream, generate_body
 
 
 @pytest.fixture
 def backend(run_server, smollm2_model):
-    return run_server(smollm2_model, "--node-name", "node-a")
+    return run_server(smollm2_model, *ONE_THREAD, "--node-name", "node-a")
 
 
 def test_stream_passes_through_token_by_token(backend, front):
