@@ -10,6 +10,8 @@
 # The container shares the host's network namespace (no bridge or NAT needed; apt and pip work),
 # so every server in it listens on 127.0.0.1 on a port of its own. The host's model and sdist
 # caches are bind-mounted read-only at /srv/ampere-llm-cache, so no model crosses the network.
+# ccache is the one thing a real seed host would not have: llama.cpp's CMake uses it when present,
+# and the host's compiler cache is mounted as root's, so only the first container compiles in full.
 set -euo pipefail
 
 CACHE=${AMPERE_LLM_CACHE:-$HOME/.cache/ampere-llm}
@@ -18,7 +20,8 @@ MACHINES=$CACHE/machines
 # the base role's Debian packages preinstalled: the converge still declares them, but does not spend
 # minutes in apt. The golden copy is keyed by this list, so changing it builds a new one.
 PACKAGES=systemd,systemd-sysv,dbus,python3,openssh-server,iproute2,ca-certificates,sudo,curl,\
-build-essential,cmake,git,pkg-config,libopenblas-dev,nginx,python3-venv,python3-pip,python3-dev
+build-essential,cmake,git,pkg-config,libopenblas-dev,nginx,python3-venv,python3-pip,python3-dev,\
+ccache
 MIRROR=${AMPERE_LLM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 die() { echo "nspawn.sh: $*" >&2; exit 1; }
@@ -41,6 +44,20 @@ golden() {
     touch "$dir.tmp/.complete" && mv "$dir.tmp" "$dir"
   fi
   echo "$dir"
+}
+
+# The container trusts the certificate authorities this machine added (a TLS-intercepting egress
+# proxy, a corporate CA), so apt, pip and get_url inside work wherever they work outside. pip
+# bundles its own CA list, hence the pip.conf pointing it at the system's.
+trust_host_cas() {
+  local root=$1 added=0 crt
+  for crt in /usr/local/share/ca-certificates/*.crt; do
+    [ -e "$crt" ] || continue
+    install -m 644 "$crt" "$root/usr/local/share/ca-certificates/" && added=1
+  done
+  [ $added = 1 ] || return 0
+  chroot "$root" update-ca-certificates >/dev/null 2>&1
+  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$root/etc/pip.conf"
 }
 
 pid_of() { cat "$MACHINES/$1.pid" 2>/dev/null || true; }
@@ -68,10 +85,12 @@ up() {
   install -m 600 "$pubkey" "$root/root/.ssh/authorized_keys"
   printf 'Port %s\nListenAddress 127.0.0.1\nPasswordAuthentication no\nPermitRootLogin prohibit-password\n' \
     "$port" >"$root/etc/ssh/sshd_config.d/nspawn.conf"
-  mkdir -p "$CACHE/models" "$CACHE/sdist"
+  trust_host_cas "$root"
+  mkdir -p "$CACHE/models" "$CACHE/sdist" "$CACHE/ccache"
   setsid systemd-nspawn -b -D "$root" -M "$name" --register=no --keep-unit \
     --bind-ro="$CACHE/models:/srv/ampere-llm-cache/models" \
     --bind-ro="$CACHE/sdist:/srv/ampere-llm-cache/sdist" \
+    --bind="$CACHE/ccache:/root/.cache/ccache" \
     >"$MACHINES/$name.log" 2>&1 </dev/null &
   echo $! >"$MACHINES/$name.pid"
   wait_for 60 "$name to boot" bash -c "[ -n \"\$(pgrep -P $!)\" ]"
