@@ -17,6 +17,7 @@ const SETTINGS_STORE = "ampere-llm.settings";
 
 const conversation = [];  // [{role, content}] as sent in `messages`
 let running = null;       // the AbortController of the answer being streamed
+let epoch = 0;            // bumped by Clear: an answer that ends after it belongs to nothing
 
 // ---- rendering -------------------------------------------------------------------------------
 
@@ -253,6 +254,7 @@ async function send() {
   followBottom();
 
   const controller = new AbortController();
+  const mine = epoch;
   setRunning(controller);
   const r = await generate(messages, settings, controller, (soFar) => {
     if (soFar) answer.node.classList.remove("pending");
@@ -260,7 +262,8 @@ async function send() {
     followBottom();
   });
   setRunning(null);
-  if (r.node) setNode(r.node, "ready");
+  if (mine !== epoch) return;  // cleared while it streamed: nothing to keep
+  if (r.node) setNode(r.node, r.problem?.status === 503 ? "busy" : "ready");
 
   if (!r.text && (r.problem || r.stopped)) {
     // Nothing came back: undo the turn and give the words back, so nothing typed is lost.
@@ -294,6 +297,7 @@ function stop() {
 }
 
 function clear() {
+  epoch += 1;
   stop();
   conversation.length = 0;
   els.log.querySelectorAll(".turn").forEach((t) => t.remove());

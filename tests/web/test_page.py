@@ -111,6 +111,19 @@ def test_stop_halts_the_stream_and_the_server_cancels(node, page):
     assert cancelled() > before
     assert page.locator(".turn.assistant .body").text_content() == stopped_text  # nothing after Stop
     assert page.is_enabled("#send") and not page.is_enabled("#stop")
+
+    # Clear in the middle of an answer: the log empties and the half answer is not sent later.
+    ask(page, LONG_PROMPT)
+    page.wait_for_function("() => document.querySelectorAll('.turn.assistant .body')[1]?.textContent.length > 5")
+    page.click("#clear")
+    page.wait_for_function("() => !document.getElementById('send').disabled")
+    assert page.locator(".turn").count() == 0
+    sent = []
+    page.on("request", lambda r: r.url.endswith("/generate") and sent.append(json.loads(r.post_data)))
+    settings(page, 4)
+    ask(page, "Hi")
+    answer_done(page)
+    assert sent[0]["messages"] == [{"role": "user", "content": "Hi"}]
     assert csp_problems(page) == []
 
 
