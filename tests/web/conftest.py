@@ -12,9 +12,7 @@ Fixtures:
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -26,26 +24,8 @@ from pathlib import Path
 import jinja2
 import jinja2.meta
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-WEB = ROOT / "files/web"
-ROLE = ROOT / "collections/ansible_collections/ampere/llm/roles/web"
-SCREENSHOTS = ROOT / "artifacts/screenshots"
-NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:" + os.environ.get("PATH", "")) or "/usr/sbin/nginx"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def role_defaults() -> dict:
-    return yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+from web_helpers import CHROMIUM, CHROMIUM_ARGS, NGINX, ROLE, WEB, free_port, role_defaults
 
 
 @pytest.fixture(scope="session")
@@ -186,22 +166,3 @@ def page(browser, request):
     pg.set_default_timeout(60_000)
     yield pg
     context.close()
-
-
-def csp_problems(pg) -> list[str]:
-    """Every CSP violation the page saw, from the DOM event and the console alike."""
-    return pg.evaluate("window.__csp") + [m for m in pg.console_messages_seen
-                                          if "Content Security Policy" in m or "Refused to" in m]
-
-
-def screenshot(pg, name: str) -> None:
-    """Desktop (light and dark) and phone-width screenshots under artifacts/screenshots/ (kept by CI)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    size = pg.viewport_size
-    pg.screenshot(path=str(SCREENSHOTS / f"{name}-desktop.png"))
-    pg.set_viewport_size({"width": 390, "height": 780})
-    pg.screenshot(path=str(SCREENSHOTS / f"{name}-phone.png"))
-    pg.set_viewport_size(size)
-    pg.emulate_media(color_scheme="dark")
-    pg.screenshot(path=str(SCREENSHOTS / f"{name}-desktop-dark.png"))
-    pg.emulate_media(color_scheme="light")

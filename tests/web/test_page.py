@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from conftest import csp_problems, screenshot
-from helpers import LONG_PROMPT, ONE_THREAD, RawStream, counter, generate_body
+from web_helpers import (LONG_PROMPT, ONE_THREAD, RawStream, counter, csp_problems,
+                         generate_body, screenshot)
 
 # Records the answer's length at every DOM change, with the page's own clock: the test compares
 # the order of events, never their duration.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROLE, ROOT, role_defaults
+from web_helpers import ROLE, ROOT, role_defaults
 
 PLAYBOOK = Path(__file__).with_name("role_render.yml")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import ONE_THREAD, RawStream, generate_body
+from web_helpers import ONE_THREAD, RawStream, free_port, generate_body
 
 
 @pytest.fixture
@@ -72,7 +72,6 @@ def test_nginx_errors_are_json(backend, front):
 
 
 def test_backend_down_is_json_502(front):
-    from conftest import free_port
     f = front(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     status, headers, body = f.request("GET", "/readyz")
     assert status == 502 and json.loads(body)["error"]["type"] == "backend_unavailable"
