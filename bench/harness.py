@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import signal
 import socket
 import statistics
@@ -214,7 +215,6 @@ def counting_prompts(count: int, target_tokens: int, tokens_per_number: float, s
     Greedy decoding keeps counting, so a model that has an end-of-text token still generates the
     full max_tokens; and prompts that differ from their first number on keep both servers' prefix
     caches from skipping the prefill that time-to-first-token is meant to measure."""
-    import random
     rng = random.Random(seed)
     n = max(2, math.ceil(target_tokens / tokens_per_number))
     starts = rng.sample(range(10_000, 80_000), count)

@@ -126,7 +126,7 @@ def markdown(results: dict) -> str:
         lines += [f"> Note: {note}.", ""]
     lines += ["## Goals", "", "| goal | value | target | verdict |", "|---|---|---|---|"]
     for g in results["goals"]:
-        lines.append(f"| {g['goal']} | {_fmt(g['value'], '.2f')} | {g['target']} | {_verdict(g)}"
+        lines.append(f"| {g['goal']} | {_fmt(g['value'], '.3f')} | {g['target']} | {_verdict(g)}"
                      f"{' (' + g['note'] + ')' if g.get('note') else ''} |")
     lines += ["", "## Single stream", "", "| | decode tok/s | TTFT median ms | TTFT p95 ms |", "|---|---|---|---|",
               f"| llama-bench | {_fmt(lb['tg']['tps'])} (tg{lb['tg']['tokens']}) | "
@@ -159,7 +159,7 @@ def console(results: dict) -> str:
     out = ["", "==> goals (issues 2 and 7)"]
     width = max(len(g["goal"]) for g in results["goals"])
     for g in results["goals"]:
-        out.append(f"  {g['goal']:<{width}}  {_fmt(g['value'], '.2f'):>6}  {g['target']:<7}  {_verdict(g)}"
+        out.append(f"  {g['goal']:<{width}}  {_fmt(g['value'], '.3f'):>6}  {g['target']:<7}  {_verdict(g)}"
                    f"{'  (' + g['note'] + ')' if g.get('note') else ''}")
     if note := _noisy(results):
         out.append(f"  note: {note}")
@@ -216,7 +216,7 @@ def plot(results: dict, path: Path) -> None:
     ax.axis("off")
     ax.set_title("Goals")
     mark = {True: "✓", False: "✗", None: "–"}
-    rows = [[g["goal"], _fmt(g["value"], ".2f"), g["target"],
+    rows = [[g["goal"], _fmt(g["value"], ".3f"), g["target"],
              mark[g["met"]] + ("*" if g.get("note") else "")] for g in results["goals"]]
     table = ax.table(cellText=rows, colLabels=["goal", "value", "target", "met"], loc="upper center",
                      colWidths=[0.68, 0.1, 0.12, 0.08], cellLoc="left")

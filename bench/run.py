@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -101,11 +102,11 @@ async def measure_level(n: int, cfg: dict, model: Path, bin_dir: Path, threads: 
         servers.append(ours)
         row["ours_parallel"], row["ours_note"] = ours.parallel, note
         for s in servers:                       # page the model in, fill caches: not measured
-            await harness.run_round(s, next(prompts)(n), min(8, cfg["max_tokens"]))
+            await harness.run_round(s, prompts(n), min(8, cfg["max_tokens"]))
         rounds = cfg["runs"] if n == 1 else cfg["rounds"]
         raw: dict[str, list] = {s.label: [] for s in servers}
         for r in range(rounds):
-            batch = next(prompts)(n)            # the same prompts for both servers in a round
+            batch = prompts(n)            # the same prompts for both servers in a round
             order = servers if r % 2 == 0 else servers[::-1]
             for s in order:
                 samples, wall = await harness.run_round(s, batch, cfg["max_tokens"])
@@ -128,17 +129,10 @@ async def measure_level(n: int, cfg: dict, model: Path, bin_dir: Path, threads: 
     return row
 
 
-def prompt_source(tokens_per_number: float, target: int):
-    """An endless supply of fresh prompt sets: prompts never repeat within a run."""
-    pool = harness.counting_prompts(4000, target, tokens_per_number)
-    used = 0
-
-    def take(n: int) -> list[str]:
-        nonlocal used
-        used += n
-        return pool[used - n:used]
-    while True:
-        yield take
+def prompt_supply(tokens_per_number: float, target: int):
+    """take(n) -> n fresh prompts: no prompt repeats within a run, so no prefix cache skips a prefill."""
+    fresh = iter(harness.counting_prompts(4000, target, tokens_per_number))
+    return lambda n: list(itertools.islice(fresh, n))
 
 
 async def main_async(args) -> Path:
@@ -185,7 +179,7 @@ async def main_async(args) -> Path:
         tpn = await harness.tokens_per_number(probe)
     finally:
         probe.stop()
-    prompts = prompt_source(tpn, cfg["prompt_tokens"])
+    prompts = prompt_supply(tpn, cfg["prompt_tokens"])
 
     results["concurrency"] = []
     for n in cfg["levels"]:
