@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "scripts"))
 
+import aiohttp  # noqa: E402
 import harness  # noqa: E402
 import report  # noqa: E402
 from harness import BenchError, LlamaServer, OursServer, median, quantile  # noqa: E402
@@ -120,9 +121,10 @@ async def measure_level(n: int, cfg: dict, model: Path, bin_dir: Path, threads: 
         for label, rounds_ in raw.items():
             row[label] = summarize(rounds_)
             row[label]["rounds"] = rounds_
-    except BenchError as e:
-        row["error"] = str(e)
-        say(f"    N={n}: FAILED: {e}")
+    except (BenchError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+        # one level failing (a server crashed, a stream broke) still leaves the others' figures
+        row["error"] = f"{type(e).__name__}: {e}"
+        say(f"    N={n}: FAILED: {row['error']} (server logs: {logs})")
     finally:
         for s in servers:
             s.stop()
