@@ -1,12 +1,13 @@
 """The collection's fast checks: specs match defaults, early failures on bad input, CPU flags per target."""
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
 import yaml
 
-from conftest import REPO, ROLES
+from conftest import COLLECTION, REPO, ROLES
 
 NODE_ROLES = ["base", "llama_cpp", "llama_cpp_python", "model", "backend"]
 
@@ -96,8 +97,10 @@ X86 = "processor\t: 0\nflags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma 
 
 @pytest.fixture(scope="module")
 def cpu():
-    from ansible_collections.ampere.llm.plugins.filter.llama_cpp import llama_cpp_cpu
-    return llama_cpp_cpu
+    spec = importlib.util.spec_from_file_location("llama_cpp_filter", COLLECTION / "plugins" / "filter" / "llama_cpp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.llama_cpp_cpu
 
 
 def test_altra_portable_is_neoverse_n1_baseline(cpu):
