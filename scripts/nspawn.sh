@@ -16,10 +16,11 @@ set -euo pipefail
 
 CACHE=${AMPERE_LLM_CACHE:-$HOME/.cache/ampere-llm}
 MACHINES=$CACHE/machines
-# What a minimal seed host needs to boot and be reached (systemd, sshd, python3 for Ansible), plus
+# What a minimal seed host needs to boot and be reached (systemd, sshd, python3 and python3-apt for
+# Ansible, as Ubuntu cloud images have them: apt in check mode needs the latter), plus
 # the base role's Debian packages preinstalled: the converge still declares them, but does not spend
 # minutes in apt. The golden copy is keyed by this list, so changing it builds a new one.
-PACKAGES=systemd,systemd-sysv,dbus,python3,openssh-server,iproute2,ca-certificates,sudo,curl,\
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,openssh-server,iproute2,ca-certificates,sudo,curl,\
 build-essential,cmake,git,pkg-config,libopenblas-dev,nginx,python3-venv,python3-pip,python3-dev,\
 ccache
 MIRROR=${AMPERE_LLM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
