@@ -141,3 +141,22 @@ def test_bad_cpu_inputs(cpu):
         cpu(X86, "x86_64", "fast")
     with pytest.raises(AnsibleFilterError, match="architecture"):
         cpu("", "riscv64")
+
+
+def test_build_identity_follows_pin_and_flags(playbook, tmp_path):
+    """The build directory is keyed by commit + flags: same inputs, same build; a new flag or pin, a new one."""
+    prefix = tmp_path / "builds"
+    prefix.mkdir()
+
+    def build_id(*extra: str) -> str:
+        rc, out = playbook("- hosts: llm_nodes\n  roles: [ampere.llm.llama_cpp]\n", "--check",
+                           "-e", f"llama_cpp_prefix={prefix}", *extra)
+        assert rc == 0, out[-3000:]
+        return re.search(r"would build llama.cpp (\S+) with", out).group(1)
+
+    plain = build_id()
+    assert plain.startswith("0c1e57098bba43ac29e6e3b677cdceebdd22334f-") and build_id() == plain
+    assert build_id("-e", "llama_cpp_blas=on") != plain
+    assert build_id("-e", "llama_cpp_cpu_target=native") != plain
+    assert build_id("-e", "llama_cpp_commit=" + "1" * 40).startswith("1" * 40 + "-")
+    assert not any(prefix.iterdir())  # check mode built nothing
