@@ -1,0 +1,384 @@
+"""BatchEngine: continuous batching, up to N sequences sharing each llama_decode (--parallel N>1).
+
+One worker thread owns a llama.cpp context with one KV stream per slot (n_seq_max = slots,
+kv_unified = false, so every slot has its own n_ctx tokens and no sequence can crowd another
+out). Each step it builds ONE llama_batch: the last sampled token of every generating sequence
+plus a bounded chunk of the prompts still being read, then runs llama_decode once and samples each
+sequence that produced logits with that request's own sampler chain. Jobs join and leave between
+steps, so a newcomer waits one step, not for the others to finish; its prompt is read in chunks
+(`prefill_chunk` tokens per step) so running streams keep their pace while it is read.
+
+Why these choices:
+- Exactness: with a KV stream per sequence, a sequence's attention never sees another's cells,
+  and llama.cpp's CPU matmuls compute each row on its own, so greedy output is the same alone or
+  in company (tests/batching checks it on SmolLM2).
+- Fairness: slots are granted in arrival order, every generating sequence gets one token per step,
+  and prompt chunks go to the oldest newcomer first.
+- Prefix reuse: a finished (or cancelled) slot keeps its KV cells; a newcomer takes the free slot
+  whose cells share the longest prefix with its prompt and only the rest is read
+  (llama_memory_seq_rm from the point where they diverge). Done.cached_tokens reports it.
+- Memory: the KV cache is sized from model metadata BEFORE it is allocated and checked against
+  what the host (or its cgroup) has left, so a configuration that does not fit fails at start
+  with a message naming the knobs, instead of the OOM killer deciding later.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import queue
+import random
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import llama_cpp
+from llama_cpp._internals import LlamaModel
+
+from .engine import Done, Failed, Job, Token
+from .text import FLUSH_TOKEN_ID, TextStream, chat_renderer, token_bytes
+
+log = logging.getLogger("ampere_llm.engine")
+
+PENALTY_LAST_N = 64      # tokens the repeat penalty looks back on, as llama-cpp-python's Llama does
+GiB = 1 << 30
+
+
+class ConfigError(ValueError):
+    """The engine cannot start with these settings; the message says which setting to change."""
+
+
+@dataclass
+class _Slot:
+    """One sequence id of the context, and what its KV stream holds."""
+    seq: int
+    cells: list[int] = field(default_factory=list)   # tokens whose KV is in this stream, in order
+    job: Job | None = None
+    prompt: list[int] = field(default_factory=list)
+    sampler: ctypes.c_void_p | None = None
+    text: TextStream | None = None
+    next_token: int = -1      # sampled, not yet evaluated; -1 while the prompt is being read
+    made: int = 0
+    cached: int = 0
+    order: int = 0            # when the slot was granted: prompt chunks go to the oldest first
+    logits_at: int = -1       # index of this sequence's logits in the current batch
+
+    @property
+    def reading(self) -> bool:
+        return self.job is not None and len(self.cells) < len(self.prompt)
+
+
+class BatchEngine:
+    def __init__(self, model_path: str | os.PathLike, *, n_ctx: int, slots: int, n_threads: int,
+                 n_batch: int = 512, prefill_chunk: int = 128,
+                 memory_available: Callable[[], int] | None = None) -> None:
+        """Blocks until the model is loaded (call it off the event loop); raises ConfigError when
+        the settings cannot work, before allocating the KV cache."""
+        if slots < 1 or slots > llama_cpp.llama_max_parallel_sequences():
+            raise ConfigError(f"--parallel must be between 1 and "
+                              f"{llama_cpp.llama_max_parallel_sequences()}, got {slots}")
+        if n_ctx < 16:
+            raise ConfigError(f"--ctx must be at least 16 tokens, got {n_ctx}")
+        self.model_name = Path(model_path).name.removesuffix(".gguf")
+        self.slots = slots
+        self.n_batch = max(n_batch, slots + 1)
+        self.prefill_chunk = max(1, min(prefill_chunk, self.n_batch - slots))
+        # Optional hook for metrics, called on the engine thread after each decode:
+        # on_step(sequences_in_batch, tokens_in_batch). It must be quick and thread-safe.
+        self.on_step: Callable[[int, int], None] | None = None
+        self._memory_available = memory_available or host_memory_available
+        self._inbox: queue.Queue[Job | None] = queue.Queue()
+        self._busy = 0
+        self._granted = 0
+        loaded: Future[None] = Future()
+        self._thread = threading.Thread(target=self._main, name="llama-batch", daemon=True,
+                                        args=(str(model_path), n_ctx, n_threads, loaded))
+        self._thread.start()
+        loaded.result()
+
+    # --- called from any thread -------------------------------------------------------------
+    @property
+    def slots_busy(self) -> int:
+        """Slots running a job right now (read without a lock: a metric, not a decision)."""
+        return self._busy
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        # The vocabulary is read-only after load: tokenizing beside a running decode is safe.
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def render_chat(self, messages: Sequence[dict]) -> str:
+        if self._render is None:
+            raise ValueError("this model has no chat template: send a prompt instead of messages")
+        return self._render(messages)
+
+    def submit(self, job: Job) -> None:
+        self._inbox.put(job)
+
+    def close(self) -> None:
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    # --- start-up (worker thread) -----------------------------------------------------------
+    def _load(self, path: str, n_ctx: int, n_threads: int) -> None:
+        if logging.getLogger("llama-cpp-python").level == logging.NOTSET:
+            # llama.cpp's context chatter off, as Llama(verbose=False) does for SingleEngine.
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        mparams = llama_cpp.llama_model_default_params()
+        self._model = model = LlamaModel(path_model=path, params=mparams, verbose=False)
+        self._vocab = model.vocab
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(model.vocab)
+        meta = model.metadata()
+        bos, eos = model.token_bos(), model.token_eos()
+        self._render = chat_renderer(meta, model.token_get_text(bos) if bos >= 0 else "",
+                                     model.token_get_text(eos) if eos >= 0 else "")
+
+        # llama.cpp gives each of the n_seq_max streams n_ctx / n_seq_max cells, rounded up to 256.
+        per_seq = -(-n_ctx // 256) * 256
+        need = kv_cache_bytes(model.model, meta, per_seq * self.slots)
+        have = self._memory_available()
+        weights = os.path.getsize(path)
+        if need + weights > have:
+            raise ConfigError(
+                f"the KV cache for --parallel {self.slots} x --ctx {n_ctx} needs "
+                f"{need / GiB:.2f} GiB plus {weights / GiB:.2f} GiB of weights, but only "
+                f"{have / GiB:.2f} GiB of memory is available: lower --parallel or --ctx")
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = per_seq * self.slots
+        cparams.n_seq_max = self.slots
+        cparams.kv_unified = False
+        cparams.n_batch = cparams.n_ubatch = self.n_batch
+        cparams.n_threads = cparams.n_threads_batch = n_threads
+        cparams.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model.model, cparams)
+        if not ctx:
+            raise ConfigError(f"llama.cpp could not create a context of {per_seq * self.slots} "
+                              f"tokens for {self.slots} sequences (see the log above)")
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx_seq(ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        log.info("batch engine: %d slots x %d tokens, KV cache %.0f MiB, n_batch %d, prefill "
+                 "chunk %d", self.slots, self.n_ctx, need / 2**20, self.n_batch,
+                 self.prefill_chunk)
+
+    def _main(self, path: str, n_ctx: int, n_threads: int, loaded: Future) -> None:
+        try:
+            self._load(path, n_ctx, n_threads)
+        except BaseException as e:  # noqa: BLE001 - the caller re-raises it
+            if getattr(self, "_model", None) is not None:
+                self._model.close()
+            loaded.set_exception(e)
+            return
+        loaded.set_result(None)
+        self._slots = [_Slot(seq=i) for i in range(self.slots)]
+        self._waiting: collections.deque[Job] = collections.deque()
+        try:
+            self._loop()
+        finally:
+            for slot in self._slots:
+                if slot.job is not None:
+                    self._finish(slot, "cancelled")
+            for job in self._waiting:
+                job.emit(Done("cancelled", len(job.prompt_tokens), 0))
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            self._model.close()
+
+    # --- the step loop (worker thread) ------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            idle = self._busy == 0 and not self._waiting
+            try:  # block only when there is nothing to do
+                while True:
+                    job = self._inbox.get(block=idle)
+                    if job is None:
+                        return
+                    self._waiting.append(job)
+                    idle = False
+            except queue.Empty:
+                pass
+            self._drop_cancelled()
+            self._admit()
+            if self._busy:
+                try:
+                    self._step()
+                except Exception as e:  # noqa: BLE001 - one bad step must not end the worker
+                    log.exception("batch step failed")
+                    self._fail_all(f"generation failed: {e}")
+
+    def _drop_cancelled(self) -> None:
+        for job in [j for j in self._waiting if j.cancelled.is_set()]:
+            self._waiting.remove(job)
+            job.emit(Done("cancelled", len(job.prompt_tokens), 0))
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled.is_set():
+                self._finish(slot, "cancelled")
+
+    def _admit(self) -> None:
+        """Give free slots to waiting jobs in arrival order, each to the free slot holding the
+        longest prefix of its prompt (ties: the lowest id, which keeps the batch's sequence ids
+        contiguous: llama.cpp splits a batch at gaps in them)."""
+        while self._waiting:
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                return
+            job = self._waiting.popleft()
+            prompt = job.prompt_tokens
+            if not prompt or len(prompt) > self.n_ctx:
+                job.emit(Failed(f"the prompt has {len(prompt)} tokens; this server takes "
+                                f"1 to {self.n_ctx} per request") if prompt else
+                         Failed("the prompt is empty"))
+                continue
+            slot = max(free, key=lambda s: (common_prefix(s.cells, prompt), -s.seq))
+            # Keep at least one prompt token to evaluate: its logits give the first new token.
+            keep = min(common_prefix(slot.cells, prompt), len(prompt) - 1)
+            if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
+                keep = 0
+                llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            slot.cells = prompt[:keep]
+            slot.job, slot.prompt, slot.cached = job, prompt, keep
+            slot.sampler = make_sampler(job.params, self._n_vocab)
+            slot.text = TextStream(job.params.stop)
+            slot.next_token, slot.made = -1, 0
+            self._granted += 1
+            slot.order = self._granted
+            self._busy += 1
+            job.started.set()
+
+    def _step(self) -> None:
+        batch = self._batch
+        n = 0
+
+        def add(slot: _Slot, token: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = len(slot.cells)
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = slot.seq
+            batch.logits[n] = logits
+            if logits:
+                slot.logits_at = n
+            slot.cells.append(token)
+            n += 1
+
+        running = [s for s in self._slots if s.job is not None]
+        generating = sum(1 for s in running if not s.reading)
+        # Prompt tokens per step are capped only while others stream, to keep their pace.
+        budget = min(self.n_batch - generating, self.prefill_chunk) if generating else self.n_batch
+        readers = sorted((s for s in running if s.reading), key=lambda s: s.order)
+        chunk: dict[int, int] = {}
+        for s in readers:
+            take = min(budget, len(s.prompt) - len(s.cells))
+            chunk[s.seq], budget = take, budget - take
+        seqs = 0
+        for s in running:  # in sequence-id order, so llama.cpp can keep them in one ubatch
+            s.logits_at = -1
+            if not s.reading:
+                add(s, s.next_token, True)
+            elif chunk.get(s.seq):
+                for _ in range(chunk[s.seq]):
+                    i = len(s.cells)
+                    add(s, s.prompt[i], i == len(s.prompt) - 1)
+            else:
+                continue
+            seqs += 1
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        if self.on_step is not None:
+            self.on_step(seqs, n)
+        for s in running:
+            if s.logits_at >= 0:
+                self._sample(s)
+
+    def _sample(self, slot: _Slot) -> None:
+        job = slot.job
+        tok = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_at)
+        if llama_cpp.llama_vocab_is_eog(self._vocab, tok):
+            return self._finish(slot, "stop")
+        slot.made += 1
+        job.emit(Token(slot.text.push(token_bytes(self._vocab, tok)), tok))
+        if slot.text.stopped:
+            return self._finish(slot, "stop")
+        if slot.made >= job.params.max_tokens or len(slot.cells) >= self.n_ctx:
+            return self._finish(slot, "length")
+        slot.next_token = tok
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        """End the slot's job; its KV cells stay for prefix reuse by the next job."""
+        job = slot.job
+        if reason != "cancelled" and (tail := slot.text.flush()):
+            job.emit(Token(tail, FLUSH_TOKEN_ID))
+        job.emit(Done(reason, len(slot.prompt), slot.made, slot.cached))
+        llama_cpp.llama_sampler_free(slot.sampler)
+        slot.job, slot.sampler, slot.text, slot.prompt = None, None, None, []
+        self._busy -= 1
+
+    def _fail_all(self, message: str) -> None:
+        """After a failed decode the KV state is unknown: end every running job, start clean."""
+        llama_cpp.llama_memory_clear(self._mem, True)
+        for slot in self._slots:
+            slot.cells = []
+            if slot.job is not None:
+                slot.job.emit(Failed(message))
+                llama_cpp.llama_sampler_free(slot.sampler)
+                slot.job, slot.sampler, slot.text, slot.prompt = None, None, None, []
+        self._busy = 0
+
+
+def make_sampler(p, n_vocab: int) -> ctypes.c_void_p:
+    """The request's own sampler chain, in the order llama-cpp-python's Llama builds it:
+    repeat penalty, then greedy at temperature 0, else top-k, top-p, min-p, temperature, seeded draw."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
+    add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, p.repeat_penalty, 0.0, 0.0))
+    if p.temperature <= 0:
+        add(llama_cpp.llama_sampler_init_greedy())
+    else:
+        add(llama_cpp.llama_sampler_init_top_k(p.top_k))
+        add(llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
+        add(llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
+        add(llama_cpp.llama_sampler_init_temp(p.temperature))
+        add(llama_cpp.llama_sampler_init_dist(p.seed if p.seed is not None
+                                              else random.getrandbits(32)))
+    return chain
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def kv_cache_bytes(model, meta: dict[str, str], cells: int) -> int:
+    """Bytes of an f16 K and V cache of `cells` tokens, from the model's shape (an upper bound for
+    models with sliding-window layers, whose cache llama.cpp makes smaller)."""
+    arch = meta.get("general.architecture", "llama")
+    n_layer = llama_cpp.llama_model_n_layer(model)
+    n_head = max(1, llama_cpp.llama_model_n_head(model))
+    n_head_kv = llama_cpp.llama_model_n_head_kv(model) or n_head
+    head = llama_cpp.llama_model_n_embd(model) // n_head
+    k = int(meta.get(f"{arch}.attention.key_length", head))
+    v = int(meta.get(f"{arch}.attention.value_length", head))
+    return n_layer * cells * n_head_kv * (k + v) * 2
+
+
+def host_memory_available() -> int:
+    """Bytes this process may still use: MemAvailable, or less if a cgroup v2 limit says so."""
+    with open("/proc/meminfo") as f:
+        avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
