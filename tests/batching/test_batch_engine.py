@@ -1,0 +1,197 @@
+"""BatchEngine on real models: exactness alone vs together, cancellation, prefix reuse, stops, fairness,
+start-up checks; and one HTTP round through the real server with --parallel 4."""
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ampere_llm_server.batch import BatchEngine, ConfigError
+from ampere_llm_server.engine import Done, Failed, Job, SamplingParams, Token
+
+GREEDY = SamplingParams(max_tokens=48, temperature=0.0, repeat_penalty=1.0)
+QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
+             "Explain gravity to a child.", "List three colors.", "Why is the sky blue?"]
+
+
+class Run:
+    """One submitted job and everything it emitted."""
+
+    def __init__(self, engine, prompt: str | list[int], params=GREEDY) -> None:
+        self.tokens: list[int] = []
+        self.text = ""
+        self.end: Done | Failed | None = None
+        self.finished = threading.Event()
+        self.first_token = threading.Event()
+        ids = engine.tokenize(prompt) if isinstance(prompt, str) else prompt
+        self.job = Job(ids, params, self._emit)
+        engine.submit(self.job)
+
+    def _emit(self, e) -> None:
+        if isinstance(e, Token):
+            self.text += e.text
+            if e.token_id >= 0:
+                self.tokens.append(e.token_id)
+                self.first_token.set()
+        else:
+            assert self.end is None, "a second Done/Failed"
+            self.end = e
+            self.finished.set()
+
+    def wait(self, timeout: float = 60) -> Done | Failed:
+        assert self.finished.wait(timeout), "job did not finish"
+        return self.end
+
+
+def chat(engine, q: str) -> str:
+    return engine.render_chat([{"role": "user", "content": q}])
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_model):
+    e = BatchEngine(smollm2_model, n_ctx=512, slots=4, n_threads=2)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    e = BatchEngine(tiny_model, n_ctx=256, slots=2, n_threads=1)
+    yield e
+    e.close()
+
+
+def test_greedy_alone_equals_together_on_smollm2(smol):
+    prompts = [chat(smol, q) for q in QUESTIONS]
+    alone = []
+    for p in prompts:
+        r = Run(smol, p)
+        r.wait()
+        alone.append(r.tokens)
+    # More jobs than slots, all at once: some join while others are mid-stream.
+    together = [Run(smol, p) for p in prompts]
+    for r, want in zip(together, alone):
+        assert isinstance(r.wait(), Done)
+        assert r.tokens == want
+
+
+def test_answers_are_real_text(smol):
+    r = Run(smol, chat(smol, QUESTIONS[0]))
+    end = r.wait()
+    assert isinstance(end, Done) and end.completion_tokens > 0
+    assert len(r.text.split()) >= 5 and "\ufffd" not in r.text
+
+
+def test_prefix_reuse_reports_cached_tokens_and_keeps_output(smol):
+    system = "You are a careful assistant. Answer in one short sentence. " * 4
+    first = chat_with(smol, system, "What is 2+2?")
+    a = Run(smol, first)
+    a.wait()
+    again = Run(smol, first)
+    end = again.wait()
+    assert end.cached_tokens == len(again.job.prompt_tokens) - 1
+    assert again.tokens == a.tokens
+    other = Run(smol, chat_with(smol, system, "Name a color."))
+    end = other.wait()
+    assert end.cached_tokens >= len(smol.tokenize(system)) - 2
+
+
+def chat_with(engine, system: str, q: str) -> str:
+    return engine.render_chat([{"role": "system", "content": system}, {"role": "user", "content": q}])
+
+
+def test_cancel_mid_stream_frees_the_slot(tiny):
+    long = SamplingParams(max_tokens=100_000, temperature=0.0)
+    a, b = Run(tiny, "one", long), Run(tiny, "two", long)
+    assert a.first_token.wait(30) and b.first_token.wait(30)
+    waiting = Run(tiny, "three", SamplingParams(max_tokens=5, temperature=0.0))
+    a.job.cancelled.set()
+    end = a.wait()
+    assert end.finish_reason == "cancelled" and end.completion_tokens > 0
+    assert waiting.wait().finish_reason == "length"  # got a's slot while b still runs
+    assert not b.finished.is_set()
+    b.job.cancelled.set()
+    assert b.wait().finish_reason == "cancelled"
+
+
+def test_cancel_before_start(tiny):
+    long = SamplingParams(max_tokens=100_000, temperature=0.0)
+    runs = [Run(tiny, f"busy {i}", long) for i in range(2)]
+    queued = Run(tiny, "queued", long)
+    queued.job.cancelled.set()
+    assert queued.wait() == Done("cancelled", len(queued.job.prompt_tokens), 0)
+    assert not queued.job.started.is_set()
+    for r in runs:
+        r.job.cancelled.set()
+        r.wait()
+
+
+def test_length_stop_strings_and_seeds(tiny):
+    r = Run(tiny, "count", SamplingParams(max_tokens=7, temperature=0.0))
+    end = r.wait()
+    assert (end.finish_reason, end.completion_tokens) == ("length", 7)
+    full = Run(tiny, "stop here", SamplingParams(max_tokens=40, temperature=0.0))
+    full.wait()
+    stop = full.text[len(full.text) // 2:][:3]
+    cut = Run(tiny, "stop here", SamplingParams(max_tokens=40, temperature=0.0, stop=(stop,)))
+    assert cut.wait().finish_reason == "stop"
+    assert cut.text == full.text[:full.text.index(stop)]
+    hot = dict(max_tokens=20, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0)
+    s1, s2, s3 = (Run(tiny, "dice", SamplingParams(**hot, seed=s)) for s in (1, 1, 2))
+    for r in (s1, s2, s3):
+        r.wait()
+    assert s1.tokens == s2.tokens and s1.tokens != s3.tokens
+
+
+def test_no_starvation_with_more_jobs_than_slots(tiny):
+    runs = [Run(tiny, f"job {i}", SamplingParams(max_tokens=30, temperature=0.0)) for i in range(9)]
+    for r in runs:
+        end = r.wait()
+        assert (end.finish_reason, end.completion_tokens) == ("length", 30)
+
+
+def test_bad_prompts_fail_clearly(tiny):
+    assert "empty" in Run(tiny, [], GREEDY).wait().message
+    too_long = Run(tiny, [1] + [100] * tiny.n_ctx, GREEDY).wait()
+    assert isinstance(too_long, Failed) and str(tiny.n_ctx) in too_long.message
+    assert Run(tiny, "still serving", SamplingParams(max_tokens=3)).wait().completion_tokens == 3
+
+
+def test_config_that_does_not_fit_fails_at_start(tiny_model):
+    with pytest.raises(ConfigError, match=r"--parallel 64 x --ctx .* lower --parallel or --ctx"):
+        BatchEngine(tiny_model, n_ctx=1 << 24, slots=64, n_threads=1)
+    with pytest.raises(ConfigError, match="--parallel"):
+        BatchEngine(tiny_model, n_ctx=256, slots=0, n_threads=1)
+
+
+def test_http_parallel_4_streams_concurrently(run_server, smollm2_model):
+    server = run_server(smollm2_model, "--parallel", "4", "--ctx", "512", "--threads", "2")
+
+    def generate(q: str) -> tuple[str, dict]:
+        body = json.dumps({"messages": [{"role": "user", "content": q}], "max_tokens": 12,
+                           "temperature": 0}).encode()
+        req = urllib.request.Request(server.url + "/generate", body,
+                                     {"Content-Type": "application/json"})
+        text, done, event = "", None, None
+        with urllib.request.urlopen(req, timeout=60) as r:
+            for line in r:
+                line = line.decode().strip()
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if event == "done":
+                        done = data
+                    elif "token" in data:
+                        text += data["token"]
+        return text, done
+
+    alone = [generate(q) for q in QUESTIONS[:4]]  # one at a time: each alone in the engine
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(generate, QUESTIONS[:4]))
+    for (t1, d1), (t2, d2) in zip(alone, together):
+        assert d1 and d2 and d2["finish_reason"] in ("stop", "length")
+        assert t1 == t2 and t1
