@@ -201,14 +201,14 @@ class BatchEngine:
                     idle = False
             except queue.Empty:
                 pass
-            self._drop_cancelled()
-            self._admit()
-            if self._busy:
-                try:
+            try:
+                self._drop_cancelled()
+                self._admit()
+                if self._busy:
                     self._step()
-                except Exception as e:  # noqa: BLE001 - one bad step must not end the worker
-                    log.exception("batch step failed")
-                    self._fail_all(f"generation failed: {e}")
+            except Exception as e:  # noqa: BLE001 - one bad step must not end the worker
+                log.exception("batch step failed")
+                self._fail_all(f"generation failed: {e}")
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancelled.is_set()]:
