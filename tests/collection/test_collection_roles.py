@@ -1,7 +1,6 @@
-"""The collection's fast checks: specs match defaults, early failures on bad input, CPU flags per target."""
+"""The collection's fast checks: specs match defaults, early failures on bad input, build identity."""
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import pytest
@@ -72,75 +71,7 @@ def test_unsupported_architecture_fails_at_once(playbook):
     assert rc != 0 and "Ubuntu 22.04 on ppc64le" in out, out[-3000:]
 
 
-# --- CPU flags (the filter ampere.llm.llama_cpp_cpu) -------------------------------------------------
-
-ALTRA = """processor\t: 0
-BogoMIPS\t: 50.00
-Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
-CPU implementer\t: 0x41
-CPU architecture: 8
-CPU variant\t: 0x3
-CPU part\t: 0xd0c
-"""
-AMPEREONE = """processor\t: 0
-Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg dcpodp flagm2 frint i8mm bf16 rng bti ecv
-CPU implementer\t: 0xc0
-CPU part\t: 0xac3
-"""
-GRAVITON3 = """processor\t: 0
-Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng
-CPU implementer\t: 0x41
-CPU part\t: 0xd40
-"""
-X86 = "processor\t: 0\nflags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi2 avx512f\n"
-
-
-@pytest.fixture(scope="module")
-def cpu():
-    spec = importlib.util.spec_from_file_location("llama_cpp_filter", COLLECTION / "plugins" / "filter" / "llama_cpp.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.llama_cpp_cpu
-
-
-def test_altra_portable_is_neoverse_n1_baseline(cpu):
-    r = cpu(ALTRA, "aarch64", "portable")
-    assert r["family"] == "altra" and r["features"] == ["dotprod", "fp16"]
-    assert "-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16" in r["cmake_args"]
-    assert "-DCMAKE_C_FLAGS=-mtune=neoverse-n1" in r["cmake_args"] and "-DGGML_NATIVE=OFF" in r["cmake_args"]
-
-
-def test_ampereone_portable_has_i8mm_and_bf16(cpu):
-    r = cpu(AMPEREONE, "aarch64", "portable")
-    assert r["family"] == "ampereone" and {"i8mm", "bf16", "dotprod", "fp16"} <= set(r["features"])
-    assert "sve" not in r["features"]
-    assert "-DGGML_CPU_ARM_ARCH=armv8.6-a+dotprod+fp16+i8mm+bf16" in r["cmake_args"]
-
-
-def test_unknown_arm_core_gets_what_it_has(cpu):
-    r = cpu(GRAVITON3, "aarch64", "portable")
-    assert r["family"] == "generic"
-    assert "-DGGML_CPU_ARM_ARCH=armv8.6-a+bf16+dotprod+fp16+i8mm+sve" in r["cmake_args"]
-
-
-def test_native_and_forced_family(cpu):
-    assert cpu(ALTRA, "aarch64", "native")["cmake_args"] == ["-DGGML_NATIVE=ON"]
-    # Building on an Altra for an AmpereOne pool: the family can be named.
-    assert "-DGGML_CPU_ARM_ARCH=armv8.6-a+dotprod+fp16+i8mm+bf16" in cpu(ALTRA, "aarch64", "portable", "ampereone")["cmake_args"]
-
-
-def test_x86(cpu):
-    assert cpu(X86, "x86_64", "portable")["cmake_args"] == ["-DGGML_NATIVE=OFF"]
-    assert cpu(X86, "x86_64", "native")["cmake_args"] == ["-DGGML_NATIVE=ON"]
-    assert {"avx2", "fma", "f16c"} <= set(cpu(X86, "x86_64")["features"])
-
-
-def test_bad_cpu_inputs(cpu):
-    from ansible.errors import AnsibleFilterError
-    with pytest.raises(AnsibleFilterError, match="native or portable"):
-        cpu(X86, "x86_64", "fast")
-    with pytest.raises(AnsibleFilterError, match="architecture"):
-        cpu("", "riscv64")
+# CPU flags per target: test_cpu_flags.py.
 
 
 def test_build_identity_follows_pin_and_flags(playbook, tmp_path):
