@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from conftest import COLLECTION, REPO, ROLES
+from conftest import REPO, ROLES
 
 NODE_ROLES = ["base", "llama_cpp", "llama_cpp_python", "model", "backend"]
 
