@@ -7,6 +7,10 @@
 #   nspawn.sh down NAME                   stop it and remove its rootfs
 #   nspawn.sh exec NAME CMD...            run a command inside (debugging, journalctl)
 #
+#   --arch arm64 (before the command) makes an arm64 rootfs and container on an x86_64 machine: every
+#   arm64 program runs under qemu-user through binfmt_misc (qemu-user-static, binfmt-support; make deps).
+#   That is ~9x slower than native and only for proving the roles on aarch64 (molecule/arm64).
+#
 # The container shares the host's network namespace (no bridge or NAT needed; apt and pip work),
 # so every server in it listens on 127.0.0.1 on a port of its own. The host's model and sdist
 # caches are bind-mounted read-only at /srv/ampere-llm-cache, so no model crosses the network.
@@ -24,18 +28,42 @@ PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,openssh-server,iproute2,c
 build-essential,cmake,git,pkg-config,libopenblas-dev,nginx,python3-venv,python3-pip,python3-dev,\
 ccache
 MIRROR=${AMPERE_LLM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+HOST_ARCH=$(dpkg --print-architecture)
+ARCH=$HOST_ARCH
 
 die() { echo "nspawn.sh: $*" >&2; exit 1; }
 
+foreign() { [ "$ARCH" != "$HOST_ARCH" ]; }
+
+# A foreign-arch rootfs runs its programs through qemu-user: binfmt_misc must hand arm64 ELF files
+# to qemu-aarch64-static. Debian registers it with the F flag (interpreter opened at registration),
+# so it works inside the container's chroot without a copy of qemu in the rootfs.
+need_binfmt() {
+  foreign || return 0
+  [ "$ARCH" = arm64 ] || die "--arch: only arm64 is supported besides the host's own $HOST_ARCH"
+  command -v qemu-aarch64-static >/dev/null && command -v update-binfmts >/dev/null \
+    || die "qemu-user-static and binfmt-support are missing: make deps"
+  [ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || update-binfmts --enable qemu-aarch64
+  grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 || die "binfmt_misc has no enabled qemu-aarch64 entry"
+}
+
 golden() {
   local key dir
-  key=$(echo "$PACKAGES $MIRROR" | md5sum | cut -c1-10)
-  dir=$CACHE/rootfs/bookworm-$key
+  need_binfmt
+  if foreign; then
+    # The native key stays as it was, so existing golden copies keep being used.
+    key=$(echo "$PACKAGES $MIRROR $ARCH" | md5sum | cut -c1-10)
+    dir=$CACHE/rootfs/bookworm-$ARCH-$key
+  else
+    key=$(echo "$PACKAGES $MIRROR" | md5sum | cut -c1-10)
+    dir=$CACHE/rootfs/bookworm-$key
+  fi
   if [ ! -e "$dir/.complete" ]; then
     command -v debootstrap >/dev/null || die "debootstrap missing: make deps"
     rm -rf "$dir.tmp" && mkdir -p "$CACHE/rootfs"
-    echo "==> debootstrap Debian 12 golden rootfs ($dir), ~3 min once" >&2
-    debootstrap --variant=minbase --include="$PACKAGES" bookworm "$dir.tmp" "$MIRROR" >"$dir.log" 2>&1 \
+    echo "==> debootstrap Debian 12 $ARCH golden rootfs ($dir), ~3 min once ($([ "$ARCH" = "$HOST_ARCH" ] || echo 'emulated: ~10 min'))" >&2
+    debootstrap --arch="$ARCH" --variant=minbase --include="$PACKAGES" bookworm "$dir.tmp" "$MIRROR" >"$dir.log" 2>&1 \
       || { tail -20 "$dir.log" >&2; die "debootstrap failed (log: $dir.log)"; }
     # A fresh host has no NGINX default site listening on *:80 of the (shared) network: the web
     # role owns port and site. Services start only when the role says so.
@@ -74,13 +102,23 @@ wait_for() {  # wait_for SECONDS DESCRIPTION CMD...: poll a condition with a dea
   done
 }
 
+# Boot finished: `running`; a foreign-arch container ends `degraded` because systemd-sysusers and
+# systemd-tmpfiles-setup fail on credentials under qemu-user (FACTS.md), which Ansible does not need.
+booted() {
+  local state
+  state=$(nsenter -t "$(init_pid "$1")" -a systemctl is-system-running --wait 2>/dev/null) || true
+  [ "$state" = running ] || { foreign && [ "$state" = degraded ]; }
+}
+
 up() {
-  local name=$1 port=$2 pubkey=$3 gold root
+  local name=$1 port=$2 pubkey=$3 gold root slow=1
   [ -n "$(pid_of "$name")" ] && kill -0 "$(pid_of "$name")" 2>/dev/null && die "$name is already running"
   gold=$(golden)
+  foreign && slow=5  # emulated boot and sshd start take several times longer
   root=$MACHINES/$name
   mkdir -p "$MACHINES" && rm -rf "$root"
   cp -a "$gold" "$root"
+  echo "$ARCH" >"$MACHINES/$name.arch"
   echo "$name" >"$root/etc/hostname"
   install -d -m 700 "$root/root/.ssh"
   install -m 600 "$pubkey" "$root/root/.ssh/authorized_keys"
@@ -96,21 +134,27 @@ up() {
   echo $! >"$MACHINES/$name.pid"
   wait_for 60 "$name to boot" bash -c "[ -n \"\$(pgrep -P $!)\" ]"
   # `--wait` returns once boot finished, whatever the state; sshd's port is what Ansible needs.
-  wait_for 120 "$name to finish booting" nsenter -t "$(init_pid "$name")" -a systemctl is-system-running --wait
-  wait_for 60 "sshd of $name on 127.0.0.1:$port" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
-  echo "==> $name is up (ssh root@127.0.0.1 -p $port)" >&2
+  wait_for $((120 * slow)) "$name to finish booting" booted "$name"
+  wait_for $((60 * slow)) "sshd of $name on 127.0.0.1:$port" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+  echo "==> $name ($ARCH) is up (ssh root@127.0.0.1 -p $port)" >&2
 }
 
 down() {
   local name=$1 pid
   pid=$(pid_of "$name")
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    local deadline=$((SECONDS + 30))
+    # An emulated systemd does not act on the SIGRTMIN+3 that nspawn turns SIGTERM into (qemu-user
+    # keeps the top real-time signals for itself), so it is asked to power off from inside.
+    if [ "$(cat "$MACHINES/$name.arch" 2>/dev/null || echo "$HOST_ARCH")" != "$HOST_ARCH" ]; then
+      nsenter -t "$(init_pid "$name")" -a systemctl poweroff --no-block >/dev/null 2>&1 || kill -TERM "$pid"
+    else
+      kill -TERM "$pid"
+    fi
+    local deadline=$((SECONDS + 60))
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   fi
-  rm -rf "${MACHINES:?}/$name" "$MACHINES/$name.pid"
+  rm -rf "${MACHINES:?}/$name" "$MACHINES/$name.pid" "$MACHINES/$name.arch"
 }
 
 exec_in() {
@@ -120,10 +164,15 @@ exec_in() {
   nsenter -t "$pid" -a "$@"
 }
 
+if [ "${1:-}" = --arch ]; then
+  [ -n "${2:-}" ] || die "--arch needs a Debian architecture (arm64)"
+  ARCH=$2; shift 2
+fi
+
 case ${1:-} in
   golden) golden ;;
   up) [ $# -eq 4 ] || die "usage: up NAME SSH_PORT PUBKEY"; up "$2" "$3" "$4" ;;
   down) [ $# -eq 2 ] || die "usage: down NAME"; down "$2" ;;
   exec) [ $# -ge 3 ] || die "usage: exec NAME CMD..."; shift; exec_in "$@" ;;
-  *) die "usage: nspawn.sh golden | up NAME SSH_PORT PUBKEY | down NAME | exec NAME CMD..." ;;
+  *) die "usage: nspawn.sh [--arch arm64] golden | up NAME SSH_PORT PUBKEY | down NAME | exec NAME CMD..." ;;
 esac
