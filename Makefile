@@ -16,7 +16,7 @@ SRC    := $(CACHE)/src/llama_cpp_python-$(LCP_VERSION)
 LLAMA  := $(CACHE)/llama.cpp/$(LLAMA_COMMIT)-native
 JOBS   ?= $(shell nproc)
 APT_PACKAGES := build-essential cmake pkg-config nginx-light chromium debootstrap systemd-container \
-                iproute2 curl openssh-client \
+                iproute2 curl openssh-client haproxy \
                 g++-aarch64-linux-gnu qemu-user-static binfmt-support
 
 export LLAMA_CPP_LIB_PATH := $(abspath $(LLAMA))/bin
