@@ -4,6 +4,8 @@
 #
 #   nspawn.sh golden                      build (once) and print the cached golden rootfs
 #   nspawn.sh up NAME SSH_PORT PUBKEY     copy the golden rootfs, boot it, wait for sshd on 127.0.0.1:SSH_PORT
+#   nspawn.sh boot NAME IMAGE [NETNS]     copy IMAGE (a cleaned snapshot, pool/local.py) and boot it, no SSH;
+#                                         in network namespace /run/netns/NETNS when given (pool nodes)
 #   nspawn.sh down NAME                   stop it and remove its rootfs
 #   nspawn.sh exec NAME CMD...            run a command inside (debugging, journalctl)
 #
@@ -110,6 +112,17 @@ booted() {
   [ "$state" = running ] || { foreign && [ "$state" = degraded ]; }
 }
 
+# start NAME ROOT SLOW [nspawn options]: boot ROOT as container NAME and wait until systemd is up.
+start() {
+  local name=$1 root=$2 slow=$3; shift 3
+  setsid systemd-nspawn -b -D "$root" -M "$name" --register=no --keep-unit "$@" \
+    >"$MACHINES/$name.log" 2>&1 </dev/null &
+  echo $! >"$MACHINES/$name.pid"
+  wait_for 60 "$name to boot" bash -c "[ -n \"\$(pgrep -P $!)\" ]"
+  # `--wait` returns once boot finished, whatever the state.
+  wait_for $((120 * slow)) "$name to finish booting" booted "$name"
+}
+
 up() {
   local name=$1 port=$2 pubkey=$3 gold root slow=1
   [ -n "$(pid_of "$name")" ] && kill -0 "$(pid_of "$name")" 2>/dev/null && die "$name is already running"
@@ -126,17 +139,33 @@ up() {
     "$port" >"$root/etc/ssh/sshd_config.d/nspawn.conf"
   trust_host_cas "$root"
   mkdir -p "$CACHE/models" "$CACHE/sdist" "$CACHE/ccache"
-  setsid systemd-nspawn -b -D "$root" -M "$name" --register=no --keep-unit \
+  start "$name" "$root" $slow \
     --bind-ro="$CACHE/models:/srv/ampere-llm-cache/models" \
     --bind-ro="$CACHE/sdist:/srv/ampere-llm-cache/sdist" \
-    --bind="$CACHE/ccache:/root/.cache/ccache" \
-    >"$MACHINES/$name.log" 2>&1 </dev/null &
-  echo $! >"$MACHINES/$name.pid"
-  wait_for 60 "$name to boot" bash -c "[ -n \"\$(pgrep -P $!)\" ]"
-  # `--wait` returns once boot finished, whatever the state; sshd's port is what Ansible needs.
-  wait_for $((120 * slow)) "$name to finish booting" booted "$name"
+    --bind="$CACHE/ccache:/root/.cache/ccache"
   wait_for $((60 * slow)) "sshd of $name on 127.0.0.1:$port" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
   echo "==> $name ($ARCH) is up (ssh root@127.0.0.1 -p $port)" >&2
+}
+
+# A pool node: its own copy of a cleaned image, its own name (the hostname systemd gives it, %H in
+# the node-name drop-in), no host caches mounted (the image must hold everything), and, with NETNS,
+# its own network namespace: its loopback is its alone, so every node listens on the same ports.
+boot() {
+  local name=$1 image=$2 netns=${3:-} root opts=()
+  [ -n "$(pid_of "$name")" ] && kill -0 "$(pid_of "$name")" 2>/dev/null && die "$name is already running"
+  [ -e "$image/etc/os-release" ] || die "$image is not a root filesystem"
+  if [ -n "$netns" ]; then
+    [ -e "/run/netns/$netns" ] || die "network namespace $netns does not exist (ip netns add $netns)"
+    opts+=(--network-namespace-path="/run/netns/$netns")
+  fi
+  root=$MACHINES/$name
+  mkdir -p "$MACHINES" && rm -rf "$root"
+  # reflink makes the copy instant where the filesystem can share blocks (btrfs, xfs); plain copy elsewhere.
+  cp -a --reflink=auto "$image" "$root"
+  echo "$HOST_ARCH" >"$MACHINES/$name.arch"
+  echo "$name" >"$root/etc/hostname"
+  start "$name" "$root" 1 "${opts[@]}"
+  echo "==> $name is up${netns:+ (network namespace $netns)}" >&2
 }
 
 down() {
@@ -173,6 +202,7 @@ case ${1:-} in
   golden) golden ;;
   up) [ $# -eq 4 ] || die "usage: up NAME SSH_PORT PUBKEY"; up "$2" "$3" "$4" ;;
   down) [ $# -eq 2 ] || die "usage: down NAME"; down "$2" ;;
+  boot) [ $# -ge 3 ] && [ $# -le 4 ] || die "usage: boot NAME IMAGE [NETNS]"; boot "$2" "$3" "${4:-}" ;;
   exec) [ $# -ge 3 ] || die "usage: exec NAME CMD..."; shift; exec_in "$@" ;;
-  *) die "usage: nspawn.sh [--arch arm64] golden | up NAME SSH_PORT PUBKEY | down NAME | exec NAME CMD..." ;;
+  *) die "usage: nspawn.sh [--arch arm64] golden | up NAME SSH_PORT PUBKEY | boot NAME IMAGE [NETNS] | down NAME | exec NAME CMD..." ;;
 esac
