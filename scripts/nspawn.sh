@@ -4,7 +4,7 @@
 #
 #   nspawn.sh golden                      build (once) and print the cached golden rootfs
 #   nspawn.sh up NAME SSH_PORT PUBKEY     copy the golden rootfs, boot it, wait for sshd on 127.0.0.1:SSH_PORT
-#   nspawn.sh boot NAME IMAGE [NETNS]     copy IMAGE (a cleaned snapshot, pool/local.py) and boot it, no SSH;
+#   nspawn.sh boot NAME IMAGE [NETNS]     boot IMAGE (a cleaned snapshot, pool/local.py) under an overlay, no SSH;
 #                                         in network namespace /run/netns/NETNS when given (pool nodes)
 #   nspawn.sh down NAME                   stop it and remove its rootfs
 #   nspawn.sh exec NAME CMD...            run a command inside (debugging, journalctl)
@@ -147,7 +147,7 @@ up() {
   echo "==> $name ($ARCH) is up (ssh root@127.0.0.1 -p $port)" >&2
 }
 
-# A pool node: its own copy of a cleaned image, its own name (the hostname systemd gives it, %H in
+# A pool node: a cleaned image with a writable layer of its own, its own name (the hostname systemd gives it, %H in
 # the node-name drop-in), no host caches mounted (the image must hold everything), and, with NETNS,
 # its own network namespace: its loopback is its alone, so every node listens on the same ports.
 boot() {
@@ -159,9 +159,14 @@ boot() {
     opts+=(--network-namespace-path="/run/netns/$netns")
   fi
   root=$MACHINES/$name
-  mkdir -p "$MACHINES" && rm -rf "$root"
-  # reflink makes the copy instant where the filesystem can share blocks (btrfs, xfs); plain copy elsewhere.
-  cp -a --reflink=auto "$image" "$root"
+  mkdir -p "$MACHINES" && rm -rf "$root" "$root.overlay" && mkdir -p "$root" "$root.overlay/upper" "$root.overlay/work"
+  # The image stays read-only below an overlay and the node writes only its own upper layer, as an
+  # instance's boot volume is a copy-on-write clone of its image: booting and removing a node take a
+  # second, where copying and deleting 1.5 GB took a minute on a busy disk. A full copy where the
+  # kernel has no overlayfs.
+  if ! mount -t overlay overlay -o "lowerdir=$image,upperdir=$root.overlay/upper,workdir=$root.overlay/work" "$root" 2>/dev/null; then
+    rm -rf "$root" "$root.overlay" && cp -a --reflink=auto "$image" "$root"
+  fi
   echo "$HOST_ARCH" >"$MACHINES/$name.arch"
   echo "$name" >"$root/etc/hostname"
   start "$name" "$root" 1 "${opts[@]}"
@@ -183,7 +188,8 @@ down() {
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   fi
-  rm -rf "${MACHINES:?}/$name" "$MACHINES/$name.pid" "$MACHINES/$name.arch"
+  if mountpoint -q "$MACHINES/$name"; then umount "$MACHINES/$name" || umount -l "$MACHINES/$name"; fi
+  rm -rf "${MACHINES:?}/$name" "$MACHINES/$name.overlay" "$MACHINES/$name.pid" "$MACHINES/$name.arch"
 }
 
 exec_in() {
