@@ -11,6 +11,7 @@ import pytest
 
 from ampere_llm_server.batch import BatchEngine, ConfigError
 from ampere_llm_server.engine import Done, Failed, Job, SamplingParams, Token
+from ampere_llm_server.single import SingleEngine
 
 GREEDY = SamplingParams(max_tokens=48, temperature=0.0, repeat_penalty=1.0)
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
@@ -96,13 +97,33 @@ def test_prefix_reuse_reports_cached_tokens_and_keeps_output(smol):
     first = chat_with(smol, system, "What is 2+2?")
     a = Run(smol, first)
     a.wait()
+    # Re-read from the cache while other streams share the steps: this is where llama.cpp's
+    # flash-attention kernel once changed a near-tie greedy token (see BatchEngine._load).
+    others = [Run(smol, chat(smol, q)) for q in QUESTIONS[:2]]
     again = Run(smol, first)
     end = again.wait()
     assert end.cached_tokens == len(again.job.prompt_tokens) - 1
     assert again.tokens == a.tokens
+    for r in others:
+        r.wait()
     other = Run(smol, chat_with(smol, system, "Name a color."))
     end = other.wait()
     assert end.cached_tokens >= len(smol.tokenize(system)) - 2
+
+
+def test_same_greedy_answer_as_the_single_engine(smol, smollm2_model):
+    """--parallel 1 (SingleEngine, llama-cpp-python's Llama) and --parallel N answer alike."""
+    system = "You are a careful assistant. Answer in one short sentence. " * 4
+    prompts = [chat_with(smol, system, "What is 2+2?")] + [chat(smol, q) for q in QUESTIONS[:2]]
+    batched = [Run(smol, p) for p in prompts]
+    single = SingleEngine(smollm2_model, n_ctx=512, n_threads=1)
+    try:
+        for p, b in zip(prompts, batched):
+            s = Run(single, p)
+            assert isinstance(s.wait(), Done) and isinstance(b.wait(), Done)
+            assert b.tokens == s.tokens, p
+    finally:
+        single.close()
 
 
 def chat_with(engine, system: str, q: str) -> str:

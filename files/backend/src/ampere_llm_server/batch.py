@@ -10,8 +10,9 @@ steps, so a newcomer waits one step, not for the others to finish; its prompt is
 
 Why these choices:
 - Exactness: with a KV stream per sequence, a sequence's attention never sees another's cells,
-  and llama.cpp's CPU matmuls compute each row on its own, so greedy output is the same alone or
-  in company (tests/batching checks it on SmolLM2).
+  and llama.cpp's CPU matmuls and (non-flash) attention compute each row on its own, so greedy
+  output is the same alone, in company, from a cached prefix, and as SingleEngine's
+  (tests/batching checks all four on SmolLM2).
 - Fairness: slots are granted in arrival order, every generating sequence gets one token per step,
   and prompt chunks go to the oldest newcomer first.
 - Prefix reuse: a finished (or cancelled) slot keeps its KV cells; a newcomer takes the free slot
@@ -150,6 +151,11 @@ class BatchEngine:
         cparams.n_ctx = per_seq * self.slots
         cparams.n_seq_max = self.slots
         cparams.kv_unified = False
+        # Flash attention off, as Llama() has it for SingleEngine: llama.cpp's CPU flash-attention
+        # kernel rounds differently depending on what shares the step (a cached prompt re-read
+        # beside other streams flipped a near-tie greedy token on SmolLM2), and off, --parallel 1
+        # and --parallel N give the same greedy answer.
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.n_batch = cparams.n_ubatch = self.n_batch
         cparams.n_threads = cparams.n_threads_batch = n_threads
         cparams.no_perf = True
