@@ -222,3 +222,12 @@ def test_http_parallel_4_streams_concurrently(run_server, smollm2_model):
     for (t1, d1), (t2, d2) in zip(alone, together):
         assert d1 and d2 and d2["finish_reason"] in ("stop", "length")
         assert t1 == t2 and t1
+
+    # The metrics saw it: steps shared by several sequences, and the repeated prompts read from
+    # the slots' caches.
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+        metrics = {line.split(" ")[0]: float(line.split(" ")[1])
+                   for line in r.read().decode().splitlines() if line and not line.startswith("#")}
+    steps = metrics["ampere_llm_batch_sequences_count"]
+    assert steps > 0 and metrics['ampere_llm_batch_sequences_bucket{le="1.0"}'] < steps
+    assert metrics["ampere_llm_prompt_tokens_cached_total"] > 0

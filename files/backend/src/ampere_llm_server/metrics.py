@@ -12,6 +12,8 @@ P = "ampere_llm_"
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # Inter-token latency on CPU: ~2 ms (tiny models) to ~200 ms (large models, many sequences).
 ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
+# Sequences sharing one llama_decode: 1 .. --parallel (at most 256 in llama.cpp).
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 
 
 class Metrics:
@@ -34,6 +36,12 @@ class Metrics:
         self.slots_total = Gauge(P + "slots_total", "Sequences the engine runs at once", registry=r)
         self.ready = Gauge(P + "ready", "1 when the model is loaded and the node takes requests",
                            registry=r)
+        self.batch_sequences = Histogram(P + "batch_sequences", "Sequences sharing each decode "
+                                         "step (continuous batching, --parallel > 1)",
+                                         buckets=BATCH_BUCKETS, registry=r)
+        self.prompt_tokens_cached = Counter(P + "prompt_tokens_cached", "Prompt tokens taken "
+                                            "from a slot's cache instead of evaluated again "
+                                            "(prefix reuse)", registry=r)
         self.ttft = Histogram(P + "time_to_first_token_seconds", "Admission to first token "
                               "(queue + prefill)", buckets=TTFT_BUCKETS, registry=r)
         self.itl = Histogram(P + "inter_token_latency_seconds", "Time between streamed tokens",

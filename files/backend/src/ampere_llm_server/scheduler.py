@@ -115,6 +115,8 @@ class Scheduler:
     def attach(self, engine: Engine) -> None:
         self.engine = engine
         self.metrics.slots_total.set(engine.slots)
+        if hasattr(engine, "on_step"):  # BatchEngine reports each decode step from its thread
+            engine.on_step = lambda sequences, tokens: self.metrics.batch_sequences.observe(sequences)
         if self.state is State.LOADING:
             self.state = State.READY
             self.metrics.ready.set(1)
@@ -230,6 +232,7 @@ class Scheduler:
             self.metrics.generations.labels(ev.finish_reason).inc()
             self.metrics.prompt_tokens.inc(ev.prompt_tokens)
             self.metrics.completion_tokens.inc(ev.completion_tokens)
+            self.metrics.prompt_tokens_cached.inc(ev.cached_tokens)
         else:
             self.metrics.generations.labels("error").inc()
         ticket.events_q.put_nowait(ev)
