@@ -8,7 +8,10 @@
 Same model, threads, per-slot context, prompt lengths, greedy sampling and max_tokens everywhere.
 Writes <out>/<stamp>-<model>.{json,md,png} and prints the ratios against the goals.
 
-Usage: bench/run.py [--model smollm2|tiny|PATH] [--threads N] [--quick] [--out DIR]
+3. Opt-in (--pool, or --pool-only): bench/pool_bench.py, tokens/s through the local pool's HAProxy
+   with 1 and 2 nodes and the cost per million tokens at OCI's prices.
+
+Usage: bench/run.py [--model smollm2|tiny|PATH] [--threads N] [--quick] [--out DIR] [--pool|--pool-only]
 Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench) and LLAMA_CPP_LIB_PATH: `make bench` sets both.
 """
 from __future__ import annotations
@@ -207,6 +210,14 @@ async def main_async(args) -> Path:
     return stem
 
 
+def pool_errors() -> tuple:
+    """The pool part's own failures (seed converge, HAProxy, a node), reported like BenchError."""
+    if "pool_bench" not in sys.modules:
+        return ()
+    import pool_bench
+    return (pool_bench.local.PoolError,)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2", help="smollm2 (default), tiny, or a GGUF path")
@@ -214,9 +225,25 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
     p.add_argument("--levels", type=int, nargs="+", help="concurrent streams to measure (1 is always in)")
     p.add_argument("--out", default=str(HERE / "results"), help="where results go (default bench/results)")
+    p.add_argument("--pool", action="store_true",
+                   help="also: tokens/s through the local pool's HAProxy with 1 and 2 nodes, and $ per "
+                        "million tokens at OCI prices (bench/pool_bench.py; boots a seed and nodes: minutes)")
+    p.add_argument("--pool-only", action="store_true", help="only the --pool part")
     args = p.parse_args(argv)
     try:
-        asyncio.run(main_async(args))
+        if not args.pool_only:
+            asyncio.run(main_async(args))
+        if args.pool or args.pool_only:
+            import pool_bench  # only here: it needs root, haproxy and systemd-nspawn
+            res = pool_bench.run(quick=args.quick, say=say)
+            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            path = Path(args.out).resolve() / f"{stamp}-pool.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(res, indent=1))
+            say(f"==> pool figures: {path}")
+    except pool_errors() as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1

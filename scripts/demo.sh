@@ -1,51 +1,51 @@
 #!/usr/bin/env bash
-# `make demo`: one serving node on this machine. A booted Debian 12 systemd container plays the seed
-# host (scripts/nspawn.sh), site.yml configures it exactly as it would a real A2 host (inventories/local:
-# llama.cpp from the sdist, SmolLM2 as the small model), then the page's URL and one streamed answer.
-#   demo.sh up     bring it up (re-running converges the running node again)
-#   demo.sh down   stop it and remove it
+# `make demo`: the reference architecture's pool on this machine (pool/local.py). A booted Debian 12
+# systemd container plays the seed host (scripts/nspawn.sh) and site.yml configures it exactly as it
+# would a real A2 host (inventories/local + pool/seed-vars.yml: llama.cpp from the sdist, SmolLM2);
+# its root filesystem, cleaned by files/image/clean.sh, becomes the image; two nodes boot from it,
+# each in a network namespace of its own; HAProxy balances them. Then the page's URL and one answer.
+#   demo.sh up     bring it up (a running pool is left as it is and shown)
+#   demo.sh down   stop and remove all of it (nodes, HAProxy, seed, images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CACHE=${AMPERE_LLM_CACHE:-$HOME/.cache/ampere-llm}
 export AMPERE_LLM_CACHE=$CACHE
-NAME=ampere-llm-demo
-SSH_PORT=22040                       # must match inventories/local/hosts.yml
-KEY=$CACHE/machines/demo_ed25519     # ditto
 PY=${PYTHON:-.venv/bin/python}
+POOL=("$PY" pool/local.py --name demo)
+STATE=$CACHE/pool/demo/state.json
 
-PORT_FILE=$CACHE/machines/$NAME.webport
-
-running() { [ -e "$CACHE/machines/$NAME.pid" ] && kill -0 "$(cat "$CACHE/machines/$NAME.pid")" 2>/dev/null; }
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 up() {
-  "$PY" scripts/small_models.py smollm2 >/dev/null      # the model file the node gets (cached)
-  mkdir -p "$CACHE/machines"
-  [ -f "$KEY" ] || ssh-keygen -q -t ed25519 -N "" -f "$KEY"
-  # The container shares this machine's network: the page goes on 80 when it is free, else 8080
-  # (a running node keeps the port it got).
-  if [ -z "${AMPERE_LLM_DEMO_WEB_PORT:-}" ]; then
-    if running && [ -f "$PORT_FILE" ]; then AMPERE_LLM_DEMO_WEB_PORT=$(cat "$PORT_FILE")
-    elif port_free 80; then AMPERE_LLM_DEMO_WEB_PORT=80
-    else AMPERE_LLM_DEMO_WEB_PORT=8080; fi
+  # The balancer is the page's door: port 80 when it is free, else 8080 (AMPERE_LLM_DEMO_WEB_PORT
+  # chooses). The seed keeps to 22040 (SSH, inventories/local), 18000 and 18080 on this machine's
+  # loopback; the nodes use those same ports inside their own namespaces.
+  local port=${AMPERE_LLM_DEMO_WEB_PORT:-}
+  if [ -z "$port" ]; then
+    if [ -f "$STATE" ]; then port=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["config"]["port"])' "$STATE")
+    elif port_free 80; then port=80
+    else port=8080; fi
   fi
-  export AMPERE_LLM_DEMO_WEB_PORT
-  running || bash scripts/nspawn.sh up "$NAME" "$SSH_PORT" "$KEY.pub"
-  echo "$AMPERE_LLM_DEMO_WEB_PORT" >"$PORT_FILE"
-  echo "==> ansible-playbook site.yml (first run compiles llama.cpp in the container: ~5 min on 2 cores)"
-  .venv/bin/ansible-playbook site.yml
-  local url="http://127.0.0.1:$AMPERE_LLM_DEMO_WEB_PORT"
+  # The one-node demo of earlier versions held these ports: it goes first.
+  [ -e "$CACHE/machines/ampere-llm-demo.pid" ] && bash scripts/nspawn.sh down ampere-llm-demo
+  echo "==> the pool: seed -> image -> 2 nodes -> HAProxy on 127.0.0.1:$port (first run compiles llama.cpp in the seed: ~5 min on 2 cores)"
+  "${POOL[@]}" up --nodes 2 --port "$port" --seed-ssh 22040 --seed-backend 18000 --seed-web 18080
+  local url="http://127.0.0.1:$port"
   echo
-  echo "==> The node is up. Page: $url/   (stop it: make demo-down)"
-  echo "==> One streamed answer from $url/generate:"
+  echo "==> Two streamed answers through the balancer (X-Served-By names the node; leastconn spreads them):"
   "$PY" scripts/stream_generate.py "$url/generate" "In one sentence, what is an Arm server good for?"
+  "$PY" scripts/stream_generate.py "$url/generate" "Name three colours of the rainbow."
+  echo
+  echo "==> The pool is up. Page (through HAProxy; its header shows the node that answered): $url/"
+  echo "    status: $PY pool/local.py --name demo status    stop: make demo-down"
 }
 
 down() {
-  bash scripts/nspawn.sh down "$NAME"
-  rm -f "$PORT_FILE"
-  echo "==> $NAME removed"
+  "${POOL[@]}" down
+  [ -e "$CACHE/machines/ampere-llm-demo.pid" ] && bash scripts/nspawn.sh down ampere-llm-demo
+  rm -f "$CACHE/machines/ampere-llm-demo.webport"
+  echo "==> the demo pool is removed"
 }
 
 case ${1:-} in

@@ -1,0 +1,92 @@
+"""`make bench BENCH_ARGS=--pool`: aggregate tokens/s through the local pool's balancer (pool/local.py:
+HAProxy in front of nodes booted from the seed's image) with 1 and then 2 nodes, and what a million
+tokens would cost on OCI at those speeds.
+
+Each node runs its service with 1 thread (pool/seed-vars.yml), so 2 nodes split this 2-core box.
+The same offered load at both sizes: STREAMS requests at once, rounds of them, streamed to the end.
+Prices (../shared/FACTS.md, OCI list prices): Ampere A2 $0.01 per OCPU-hour, 1 OCPU = 2 cores;
+a small public load balancer about $0.029 per hour.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "pool"))
+
+import local  # noqa: E402  pool/local.py
+from harness import OursServer, counting_prompts, median, run_round  # noqa: E402
+
+A2_PER_OCPU_HOUR = 0.01
+CORES_PER_OCPU = 2
+LB_PER_HOUR = 0.029
+STREAMS = 4
+# Its own ports, so it runs beside `make demo` and `make test` pools.
+CONFIG = local.Config(name="bench", port=18390, seed_ssh=22060, seed_backend=18300, seed_web=18380)
+
+
+class Balancer(OursServer):
+    """The pool's front door spoken to as one of our servers (same /generate stream, same counting)."""
+    label = "pool"
+
+    def __init__(self, url: str):  # no process of its own: HAProxy and the nodes are the pool's
+        self.url = url
+
+
+def cost_per_million(tps: float, cores: int, with_lb: bool = True) -> float:
+    per_hour = cores / CORES_PER_OCPU * A2_PER_OCPU_HOUR + (LB_PER_HOUR if with_lb else 0.0)
+    return per_hour / (tps * 3600) * 1e6
+
+
+async def measure(url: str, rounds: int, max_tokens: int) -> dict:
+    front = Balancer(url)
+    prompts = counting_prompts(STREAMS * rounds, 32, 3.0, seed=11)
+    per_round, nodes = [], set()
+    for i in range(rounds):
+        samples, wall = await run_round(front, prompts[i * STREAMS:(i + 1) * STREAMS], max_tokens)
+        per_round.append(sum(s.tokens for s in samples) / wall)
+    return {"aggregate_tps": median(per_round), "rounds_tps": per_round}
+
+
+def run(quick: bool = False, say=print) -> dict:
+    rounds, max_tokens = (2, 32) if quick else (4, 96)
+    pool = local.LocalPool(CONFIG)
+    pool.down()  # whatever an interrupted run left
+    pool = local.LocalPool(CONFIG)
+    out = {"streams": STREAMS, "max_tokens": max_tokens, "rounds": rounds, "sizes": []}
+    try:
+        t0 = time.monotonic()
+        pool.up(1)
+        say(f"==> pool: seed, image and 1 node up in {time.monotonic() - t0:.0f} s")
+        for size in (1, 2):
+            if size == 2:
+                pool.add_node(pool.state.image)
+                pool.wait_healthy(2)
+            m = asyncio.run(measure(pool.url, rounds, max_tokens))
+            m["nodes"], m["cores"] = size, size  # one thread = one core per node here
+            out["sizes"].append(m)
+            say(f"==> pool with {size} node(s): {m['aggregate_tps']:.1f} tok/s through HAProxy "
+                f"({STREAMS} streams at once, rounds {', '.join(f'{x:.1f}' for x in m['rounds_tps'])})")
+    finally:
+        pool.down()
+    per_core = out["sizes"][0]["aggregate_tps"]
+    out["cost"] = [
+        {"what": f"{m['nodes']} node(s) x 1 core, measured here", "tps": m["aggregate_tps"],
+         "usd_per_mtok": cost_per_million(m["aggregate_tps"], m["cores"]),
+         "usd_per_mtok_nodes_only": cost_per_million(m["aggregate_tps"], m["cores"], with_lb=False),
+         "estimate": False} for m in out["sizes"]]
+    # ESTIMATE: a 4-core A2 node (2 OCPU) if it did 4x this box's 1-core figure. Decode is bound by
+    # memory bandwidth more than by cores, and A2 cores are not these x86 cores: an upper bound.
+    est = per_core * 4
+    out["cost"].append({"what": "ESTIMATE: 1 A2 node x 4 cores (2 OCPU), 4x the 1-core figure", "tps": est,
+                        "usd_per_mtok": cost_per_million(est, 4),
+                        "usd_per_mtok_nodes_only": cost_per_million(est, 4, with_lb=False), "estimate": True})
+    lines = ["==> cost per million tokens (A2 $0.01/OCPU-hour, 2 cores per OCPU; LB $0.029/hour)",
+             f"    {'pool':<62} {'tok/s':>7} {'$/Mtok':>8} {'nodes only':>11}"]
+    for c in out["cost"]:
+        lines.append(f"    {c['what']:<62} {c['tps']:>7.1f} {c['usd_per_mtok']:>8.3f} {c['usd_per_mtok_nodes_only']:>11.3f}")
+    say("\n".join(lines))
+    return out

@@ -1,0 +1,490 @@
+"""The pool on one machine: a seed container, an image of it, N node containers and HAProxy in front.
+
+It mirrors the OCI flow with real parts, so the whole life of a pool can be seen and tested here:
+- seed: a booted systemd-nspawn container (scripts/nspawn.sh) configured by site.yml with
+  inventories/local plus pool/seed-vars.yml, on the host's network with ports of its own;
+- image: a copy of the seed's root filesystem cleaned by files/image/clean.sh (the very step
+  playbooks/bake.yml runs before an OCI image is captured), plus the pool's user-data
+  (files/cloud-init/baked.yaml.j2: every node names itself), applied as cloud-init would;
+- nodes: containers booted from an image, each in a network namespace of its own that this tool
+  creates (/run/netns/<pool>-sK): every node listens on 127.0.0.1 and the same ports, like instances
+  from one image on their own VNICs, and nothing listens beyond loopback;
+- balancer: HAProxy (Debian's package) run as a plain process, one server slot per namespace,
+  active HTTP checks on /readyz, leastconn, drain and maintenance through its runtime API socket.
+
+Rolling replacement is NOT written here: LocalProvider implements rollout.Provider and the shared
+algorithm in plugins/module_utils/rollout.py (also driven by the OCI provider) does the rolling.
+
+CLI (scripts/demo.sh uses it; state in $AMPERE_LLM_CACHE/pool/<name>/):
+  local.py up [--name demo] [--nodes 2] [--port 8080] [--seed-ssh 22040 --seed-backend 18000 --seed-web 18080]
+  local.py bake [--converge KEY=VALUE ...]   new image from the seed (re-converged with those vars first)
+  local.py roll IMAGE [--batch-size 1]       rolling replacement of every node to IMAGE
+  local.py status | down
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "collections"))
+
+from ansible_collections.ampere.llm.plugins.module_utils.rollout import (  # noqa: E402
+    Node, Rollout, RolloutFailed, plan)
+
+NSPAWN = ROOT / "scripts/nspawn.sh"
+CLEAN = ROOT / "files/image/clean.sh"
+USER_DATA = ROOT / "files/cloud-init/baked.yaml.j2"
+SEED_VARS = ROOT / "pool/seed-vars.yml"
+CACHE = Path(os.environ.get("AMPERE_LLM_CACHE", str(Path.home() / ".cache/ampere-llm")))
+BACKEND = "nodes"  # the HAProxy backend holding the node slots
+
+
+class PoolError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"==> {msg}", file=sys.stderr, flush=True)
+
+
+def run(*cmd, check=True, quiet=False, **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(c) for c in cmd], text=True, capture_output=quiet, **kw)
+    if check and out.returncode != 0:
+        detail = f":\n{out.stdout[-3000:]}{out.stderr[-3000:]}" if quiet else ""
+        raise PoolError(f"{' '.join(map(str, cmd[:4]))} ... failed with {out.returncode}{detail}")
+    return out
+
+
+def http_status(url: str, timeout: float = 3) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, urllib.error.URLError):
+        return 0
+
+
+@dataclass
+class Config:
+    """Everything that tells one pool from another on this machine (demo and tests run side by side)."""
+    name: str = "demo"
+    port: int = 8080            # HAProxy's frontend on 127.0.0.1: the page's URL
+    seed_ssh: int = 22040       # inventories/local's seed host
+    seed_backend: int = 18000   # the seed's service and page, on the host's loopback; inside every
+    seed_web: int = 18080       # node (own namespace) the same ports, which HAProxy's checks use
+    slots: int = 4              # balancer slots = most nodes at once (pool size + surge)
+    check_inter_ms: int = 1000  # HAProxy check interval; a node is out after `fall` failures
+    fall: int = 2
+    rise: int = 2
+
+
+@dataclass
+class State:
+    config: Config
+    images: list[str] = field(default_factory=list)
+    image: Optional[str] = None          # what new nodes are built from
+    slots: dict[str, dict] = field(default_factory=dict)  # "s1" -> {"node", "image"}
+    counter: int = 0                     # node names are never reused
+
+    @classmethod
+    def load(cls, path: Path) -> "State":
+        d = json.loads(path.read_text())
+        return cls(config=Config(**d.pop("config")), **d)
+
+
+class LocalPool:
+    def __init__(self, config: Config):
+        self.c = config
+        self.dir = CACHE / "pool" / config.name
+        self.state_path = self.dir / "state.json"
+        self.sock = self.dir / "haproxy.sock"
+        self.prefix = f"ampere-pool-{config.name}"
+        self.seed = f"{self.prefix}-seed"
+        self.key = CACHE / "machines/demo_ed25519"  # inventories/local names this key
+        self.state = State.load(self.state_path) if self.state_path.exists() else State(config)
+        self.c = self.state.config  # a running pool keeps the ports it was started with
+
+    # ---- bookkeeping -------------------------------------------------------------------------------
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.state), indent=1))
+        tmp.replace(self.state_path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.c.port}"
+
+    def netns(self, slot: str) -> str:
+        return f"{self.prefix}-{slot}"
+
+    def slot_of(self, node_id: str) -> str:
+        for slot, s in self.state.slots.items():
+            if s["node"] == node_id:
+                return slot
+        raise PoolError(f"{node_id} is not in pool {self.c.name}")
+
+    @staticmethod
+    def preflight() -> None:
+        """Fail before changing anything when a tool is missing or we are not root."""
+        missing = [t for t in ("haproxy", "systemd-nspawn", "debootstrap", "ip", "nsenter", "ssh")
+                   if not shutil.which(t)]
+        if missing:
+            raise PoolError(f"{', '.join(missing)} missing: run `make deps` (Debian packages)")
+        if os.geteuid() != 0:
+            raise PoolError("the local pool boots systemd containers and network namespaces: run as root")
+
+    # ---- the seed and its images -------------------------------------------------------------------
+    def seed_running(self) -> bool:
+        pid = CACHE / "machines" / f"{self.seed}.pid"
+        return pid.exists() and Path(f"/proc/{pid.read_text().strip()}").exists()
+
+    def converge_seed(self, extra: Optional[dict] = None) -> None:
+        """Boot the seed if needed and run site.yml on it (inventories/local + the pool's vars)."""
+        run(sys.executable, ROOT / "scripts/small_models.py", "smollm2", quiet=True)
+        self.key.parent.mkdir(parents=True, exist_ok=True)
+        if not self.key.exists():
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.key)
+        if not self.seed_running():
+            run("bash", NSPAWN, "up", self.seed, self.c.seed_ssh, f"{self.key}.pub")
+        evars = {"ansible_port": self.c.seed_ssh, "backend_port": self.c.seed_backend,
+                 "web_port": self.c.seed_web, **(extra or {})}
+        log(f"site.yml on the seed {self.seed} (first run compiles llama.cpp: minutes)")
+        playbook = Path(sys.executable).parent / "ansible-playbook"
+        run(playbook if playbook.exists() else "ansible-playbook", "site.yml", "-e", f"@{SEED_VARS}",
+            "-e", json.dumps(evars), cwd=ROOT)
+
+    def bake(self, name: Optional[str] = None) -> str:
+        """Snapshot the serving seed into a cleaned image; returns its name."""
+        if not self.seed_running():
+            raise PoolError(f"the seed {self.seed} is not running: `up` (or converge_seed) first")
+        ready = f"http://127.0.0.1:{self.c.seed_web}/readyz"
+        if http_status(ready) != 200:  # as bake.yml: only a seed that serves becomes an image
+            raise PoolError(f"the seed does not serve ({ready} is not 200): fix it before baking")
+        name = name or f"img-{len(self.state.images) + 1}"
+        dest = self.dir / "images" / name
+        tmp = dest.with_name(name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        run("cp", "-a", "--reflink=auto", CACHE / "machines" / self.seed, tmp)
+        # Root's authorized key goes too (clean.sh's default): pool nodes are never logged into.
+        run("bash", CLEAN, tmp, quiet=True)
+        self._apply_user_data(tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        self.state.images.append(name)
+        self.state.image = self.state.image or name
+        self.save()
+        log(f"image {name}: seed snapshot cleaned by files/image/clean.sh ({time.monotonic() - t0:.0f} s)")
+        return name
+
+    @staticmethod
+    def _apply_user_data(root: Path) -> None:
+        """What cloud-init does with the pool's user-data on OCI (the nodes here have no cloud-init):
+        its write_files land in the image, and the units its runcmd starts must be enabled already."""
+        import yaml  # ansible's dependency, in the venv
+        doc = yaml.safe_load(USER_DATA.read_text())
+        for f in doc.get("write_files", []):
+            path = root / f["path"].lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f["content"])
+            path.chmod(int(str(f.get("permissions", "0644")), 8))
+        wants = root / "etc/systemd/system/multi-user.target.wants"
+        for unit in ("ampere-llm.service", "nginx.service"):
+            if not (wants / unit).is_symlink():  # links point at /etc/...: inside the image, not here
+                raise PoolError(f"{unit} is not enabled in the seed: site.yml did not finish on it")
+
+    # ---- HAProxy -----------------------------------------------------------------------------------
+    def haproxy_config(self) -> str:
+        c = self.c
+        slots = "\n".join(
+            f"    server s{i} 127.0.0.1:{c.seed_web} namespace {self.netns(f's{i}')} disabled"
+            for i in range(1, c.slots + 1))
+        return f"""# Written by pool/local.py for pool {c.name}. Runs as a plain process; state via {self.sock}.
+global
+    stats socket {self.sock} mode 600 level admin
+    log stderr format short local0 info
+    # Checks from every slot at once would hit nodes in step; spread them out.
+    spread-checks 20
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 2s
+    timeout client 120s
+    # A stream is never silent that long: the service sends a keep-alive comment every few seconds.
+    timeout server 120s
+    timeout http-request 10s
+    timeout queue 10s
+    # A request whose node refused the connection, closed without a byte, or whose NGINX could
+    # not reach its service (502: nothing was generated) is sent again, to another node.
+    retries 2
+    option redispatch 1
+    retry-on conn-failure empty-response 502
+
+frontend pool
+    bind 127.0.0.1:{c.port}
+    default_backend {BACKEND}
+
+backend {BACKEND}
+    # The node with the fewest open requests: generation times vary, so round robin piles up.
+    balance leastconn
+    # Readiness, not liveness: 503 while the model loads or the node drains (docs/CONTRACTS.md).
+    option httpchk
+    http-check send meth GET uri /readyz
+    http-check expect status 200
+    # A node out of the checks' favour has its open streams cut (a vanished host never closes
+    # its sockets: without this they would hang until `timeout server`).
+    default-server check inter {c.check_inter_ms} fastinter {max(c.check_inter_ms // 2, 100)} fall {c.fall} rise {c.rise} on-marked-down shutdown-sessions
+    # One slot per network namespace; `disabled` = maintenance until a node is booted behind it.
+{slots}
+"""
+
+    def haproxy_pid(self) -> Optional[int]:
+        p = self.dir / "haproxy.pid"
+        if p.exists():
+            pid = int(p.read_text())
+            if Path(f"/proc/{pid}").exists():
+                return pid
+        return None
+
+    def start_haproxy(self) -> None:
+        if self.haproxy_pid():
+            return
+        for i in range(1, self.c.slots + 1):  # the namespaces must exist when HAProxy reads its config
+            ns = self.netns(f"s{i}")
+            if not Path(f"/run/netns/{ns}").exists():
+                run("ip", "netns", "add", ns)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        cfg = self.dir / "haproxy.cfg"
+        cfg.write_text(self.haproxy_config())
+        run("haproxy", "-c", "-q", "-f", cfg, quiet=True)
+        with socket.socket() as s:  # a clear message instead of HAProxy's bind error
+            if s.connect_ex(("127.0.0.1", self.c.port)) == 0:
+                raise PoolError(f"127.0.0.1:{self.c.port} is taken: choose another balancer port (--port)")
+        logf = open(self.dir / "haproxy.log", "ab")
+        proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        (self.dir / "haproxy.pid").write_text(str(proc.pid))
+        deadline = time.monotonic() + 10
+        while not self.sock.exists() or http_status(self.url + "/readyz", 1) == 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise PoolError(f"haproxy did not start: {(self.dir / 'haproxy.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        log(f"HAProxy on {self.url} ({self.c.slots} slots, checks every {self.c.check_inter_ms} ms on /readyz)")
+
+    def admin(self, command: str) -> str:
+        """One command on HAProxy's runtime API (the unix socket)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.sock))
+            s.sendall(command.encode() + b"\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        text = out.decode()
+        if command.startswith("set ") and text.strip():
+            raise PoolError(f"haproxy refused `{command}`: {text.strip()}")
+        return text
+
+    def stats(self) -> dict[str, dict]:
+        """Slot -> HAProxy's `show stat` row (status UP/DOWN/DRAIN/MAINT, scur = open requests, ...)."""
+        text = self.admin("show stat").lstrip("# ")
+        return {r["svname"]: r for r in csv.DictReader(io.StringIO(text))
+                if r["pxname"] == BACKEND and r["svname"].startswith("s")}
+
+    # ---- nodes ---------------------------------------------------------------------------------------
+    def add_node(self, image: str) -> Node:
+        free = [f"s{i}" for i in range(1, self.c.slots + 1) if f"s{i}" not in self.state.slots]
+        if not free:
+            raise PoolError(f"all {self.c.slots} balancer slots are taken")
+        if image not in self.state.images:
+            raise PoolError(f"no image {image!r} (images: {self.state.images})")
+        slot = free[0]
+        self.state.counter += 1
+        name = f"{self.prefix}-n{self.state.counter}"
+        self.state.slots[slot] = {"node": name, "image": image}
+        self.save()
+        run("bash", NSPAWN, "boot", name, self.dir / "images" / image, self.netns(slot))
+        # The node enters as DOWN and serves only after `rise` passed checks of its /readyz. Leaving
+        # maintenance alone would make it UP at once (HAProxy keeps its last health), so it gets
+        # weight 0 (no traffic) for the instant between leaving maintenance and being set down.
+        srv = f"{BACKEND}/{slot}"
+        for command in (f"set weight {srv} 0", f"set server {srv} state ready",
+                        f"set server {srv} health down", f"set weight {srv} 100%"):
+            self.admin(command)
+        return Node(name, image)
+
+    def remove_node(self, node_id: str) -> None:
+        slot = self.slot_of(node_id)
+        if self.haproxy_pid():
+            self.admin(f"set server {BACKEND}/{slot} state maint")
+        run("bash", NSPAWN, "down", node_id)
+        del self.state.slots[slot]
+        self.save()
+
+    def wait_healthy(self, count: int, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while len(LocalProvider(self).healthy()) < count:
+            if time.monotonic() > deadline:
+                raise PoolError(f"fewer than {count} healthy nodes after {timeout:.0f} s: {self.status()}")
+            time.sleep(0.5)
+
+    def exec_in(self, node_id: str, *cmd, check=True) -> subprocess.CompletedProcess:
+        return run("bash", NSPAWN, "exec", node_id, *cmd, check=check, quiet=True)
+
+    def status(self) -> str:
+        rows = []
+        stats = self.stats() if self.haproxy_pid() else {}
+        for slot in sorted(self.state.slots, key=lambda s: int(s[1:])):
+            s, st = self.state.slots[slot], stats.get(slot, {})
+            rows.append(f"{slot} {s['node']} image={s['image']} status={st.get('status', '?')} "
+                        f"open={st.get('scur', '?')} served={st.get('stot', '?')}")
+        return "\n".join(rows) or "(no nodes)"
+
+    # ---- the whole pool ------------------------------------------------------------------------------
+    def up(self, nodes: int = 2) -> None:
+        self.preflight()
+        if nodes < 1 or nodes > self.c.slots - 1:
+            raise PoolError(f"--nodes must be 1..{self.c.slots - 1} (one slot stays free for roll-outs)")
+        self.save()
+        self.start_haproxy()
+        if not self.state.images:
+            self.converge_seed()
+            self.bake()
+        missing = nodes - len(self.state.slots)
+        for _ in range(max(0, missing)):
+            self.add_node(self.state.image)
+        self.wait_healthy(nodes)
+
+    def down(self) -> None:
+        """Everything this pool started, whatever state it is in (also after a failed run)."""
+        for slot in list(self.state.slots):
+            run("bash", NSPAWN, "down", self.state.slots[slot]["node"], check=False)
+        # Nodes of a crashed run that the state file never recorded.
+        machines = CACHE / "machines"
+        for pidfile in machines.glob(f"{self.prefix}-*.pid") if machines.exists() else []:
+            run("bash", NSPAWN, "down", pidfile.name[:-4], check=False)
+        pid = self.haproxy_pid()
+        if pid:
+            os.kill(pid, 15)
+            for _ in range(50):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, 9)
+        for ns in Path("/run/netns").glob(f"{self.prefix}-s*") if Path("/run/netns").exists() else []:
+            run("ip", "netns", "del", ns.name, check=False)
+        run("bash", NSPAWN, "down", self.seed, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LocalProvider:
+    """rollout.Provider for a LocalPool: nodes are containers, health is what HAProxy's checks say."""
+
+    def __init__(self, pool: LocalPool):
+        self.pool = pool
+
+    def nodes(self) -> list[Node]:
+        return [Node(s["node"], s["image"]) for s in self.pool.state.slots.values()]
+
+    def healthy(self) -> set[str]:
+        stats = self.pool.stats()
+        # DRAIN is a node that passes its checks but gets no new requests: still healthy.
+        return {s["node"] for slot, s in self.pool.state.slots.items()
+                if stats.get(slot, {}).get("status") in ("UP", "DRAIN")}
+
+    def grow(self, image: str, count: int) -> list[Node]:
+        self.use_image(image)
+        return [self.pool.add_node(image) for _ in range(count)]
+
+    def use_image(self, image: str) -> None:
+        self.pool.state.image = image
+        self.pool.save()
+
+    def drain(self, node: Node) -> None:
+        self.pool.admin(f"set server {BACKEND}/{self.pool.slot_of(node.id)} state drain")
+
+    def in_flight(self, node: Node) -> Optional[int]:
+        return int(self.pool.stats()[self.pool.slot_of(node.id)]["scur"] or 0)
+
+    def remove(self, node: Node) -> None:
+        self.pool.remove_node(node.id)
+
+
+def roll(pool: LocalPool, image: str, batch_size: int = 1, health_timeout: float = 180,
+         drain_timeout: float = 60, poll: float = 0.5) -> list[dict]:
+    """Rolling replacement of every node to `image` by the shared algorithm (rollout.py)."""
+    provider = LocalProvider(pool)
+    p = plan(provider.nodes(), provider.healthy(), image, batch_size)
+    r = Rollout(provider, health_timeout=health_timeout, drain_timeout=drain_timeout, poll=poll,
+                log=lambda m: log(f"rollout: {m}"))
+    return r.run(p)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--name", default="demo", help="pool name (state in $AMPERE_LLM_CACHE/pool/NAME)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="seed -> image -> nodes -> HAProxy; prints the page's URL")
+    up.add_argument("--nodes", type=int, default=2)
+    for opt in ("port", "seed_ssh", "seed_backend", "seed_web"):
+        up.add_argument("--" + opt.replace("_", "-"), type=int, default=getattr(Config, opt))
+    bake = sub.add_parser("bake", help="new image from the seed")
+    bake.add_argument("--converge", nargs="*", default=None, metavar="KEY=VALUE",
+                      help="re-run site.yml on the seed with these vars first")
+    rl = sub.add_parser("roll", help="replace every node with one booted from IMAGE")
+    rl.add_argument("image")
+    rl.add_argument("--batch-size", type=int, default=1)
+    sub.add_parser("status")
+    sub.add_parser("down")
+    a = ap.parse_args(argv)
+
+    cfg = Config(name=a.name)
+    if a.cmd == "up":
+        cfg = Config(a.name, a.port, a.seed_ssh, a.seed_backend, a.seed_web)
+    pool = LocalPool(cfg)
+    if a.cmd != "up" and a.cmd != "down" and not pool.state_path.exists():
+        raise SystemExit(f"local.py: no pool {a.name!r} (start it with `up`)")
+    try:
+        if a.cmd == "up":
+            pool.up(a.nodes)
+            print(f"{pool.status()}\nPage (through HAProxy): {pool.url}/")
+        elif a.cmd == "bake":
+            if a.converge is not None:
+                pool.converge_seed(dict(kv.split("=", 1) for kv in a.converge))
+            print(pool.bake())
+        elif a.cmd == "roll":
+            roll(pool, a.image, a.batch_size)
+            print(pool.status())
+        elif a.cmd == "status":
+            print(pool.status())
+        elif a.cmd == "down":
+            pool.down()
+            log(f"pool {a.name} removed (nodes, seed, HAProxy, namespaces, images)")
+    except (PoolError, RolloutFailed) as e:
+        print(f"local.py: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
