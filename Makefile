@@ -27,9 +27,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 .PHONY: help setup deps venv llama test demo demo-down bench clean
 
 help:
-	@echo "make demo   - bring up a node on this machine (booted systemd container, site.yml) and stream one answer"
+	@echo "make demo   - the pool on this machine: seed (site.yml) -> image -> 2 nodes -> HAProxy; prints the page URL (make demo-down removes it)"
 	@echo "make test   - everything: backend, page in Chromium, collection via molecule"
-	@echo "make bench  - speed side by side with llama-bench and llama-server, ratios and a plot"
+	@echo "make bench  - speed side by side with llama-bench and llama-server, ratios and a plot (BENCH_ARGS=--pool: through the local pool, \$$ per Mtok)"
 
 setup: deps venv
 
