@@ -52,16 +52,40 @@ def smol(run_server, smollm2_model):
     return run_server(smollm2_model, "--node-name", "smol-node", "--threads", "1")
 
 
-async def test_chat_through_the_models_template(smol):
-    status, body = await post(smol, {"messages": CAPITAL, "temperature": 0, "max_tokens": 60,
-                                     "stream": False})
+def rendered_by_hand(model_path, messages) -> str:
+    """The chat prompt rendered here, independently of the service: the template read from the GGUF
+    file with the gguf package and rendered with plain Jinja2, as Hugging Face's tokenizer does."""
+    import gguf
+    import jinja2
+
+    field = gguf.GGUFReader(model_path).fields["tokenizer.chat_template"]
+    template = bytes(field.parts[field.data[0]]).decode()
+    return jinja2.Environment().from_string(template).render(messages=messages,
+                                                             add_generation_prompt=True)
+
+
+# A 135M model's greedy answer is not the same on every CPU (AVX2 and AVX-512 kernels round
+# differently and a near-tie flips), so these tests compare the service with itself and with a
+# prompt rendered by hand, never with what the model is expected to say.
+async def test_chat_through_the_models_template(smol, smollm2_model):
+    by_hand = rendered_by_hand(smollm2_model, CAPITAL)
+    assert "<|im_start|>user\nWhat is the capital of France?<|im_end|>" in by_hand
+    body = {"temperature": 0, "max_tokens": 60, "stream": False}
+    status, chat = await post(smol, {**body, "messages": CAPITAL})
     assert status == 200
-    assert "Paris" in body["text"]
-    assert body["finish_reason"] == "stop"  # the model ended its turn (<|im_end|>), not the limit
-    assert "<|im_end|>" not in body["text"] and "<|im_start|>" not in body["text"]
+    status, raw = await post(smol, {**body, "prompt": by_hand})
+    assert status == 200
+    # the same tokens went in (special tokens included), so the same text came out
+    assert chat["usage"]["prompt_tokens"] == raw["usage"]["prompt_tokens"]
+    assert chat["text"] == raw["text"] and chat["text"].strip()
+    assert chat["finish_reason"] == "stop"  # the model ended its turn (<|im_end|>), not the limit
+    assert "<|im_end|>" not in chat["text"] and "<|im_start|>" not in chat["text"]
+    # without the template the model sees other tokens: the chat request did not send them raw
+    status, plain = await post(smol, {**body, "prompt": CAPITAL[0]["content"]})
+    assert plain["usage"]["prompt_tokens"] < chat["usage"]["prompt_tokens"]
 
 
-def test_openai_client_streams(smol):
+def test_openai_client_streams(smol, smollm2_model):
     oa = openai.OpenAI(base_url=smol.url + "/v1", api_key="unused", max_retries=0)
     (model,) = [m.id for m in oa.models.list()]
     assert model == "SmolLM2-135M-Instruct.Q4_1"
@@ -72,7 +96,11 @@ def test_openai_client_streams(smol):
     pieces = [c.choices[0].delta.content or "" for c in stream]
     assert len([p for p in pieces if p]) > 3  # token by token, not one lump
     assert "".join(pieces) == whole.choices[0].message.content
-    assert "Paris" in whole.choices[0].message.content
+    assert whole.choices[0].finish_reason == "stop"
+    # the OpenAI route renders the chat exactly as /generate does: same model, same greedy answer
+    text = oa.completions.create(model=model, prompt=rendered_by_hand(smollm2_model, CAPITAL),
+                                 temperature=0, max_tokens=60).choices[0].text
+    assert text == whole.choices[0].message.content
 
 
 async def test_stop_strings(smol):
