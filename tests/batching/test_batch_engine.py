@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ampere_llm_server.batch import BatchEngine, ConfigError
+from ampere_llm_server.batch import BatchEngine, ConfigError, host_memory_available
 from ampere_llm_server.engine import Done, Failed, Job, SamplingParams, Token
 from ampere_llm_server.single import SingleEngine
 
@@ -192,6 +192,26 @@ def test_config_that_does_not_fit_fails_at_start(tiny_model):
         BatchEngine(tiny_model, n_ctx=1 << 24, slots=64, n_threads=1)
     with pytest.raises(ConfigError, match="--parallel"):
         BatchEngine(tiny_model, n_ctx=256, slots=0, n_threads=1)
+
+
+def test_memory_check_reads_the_units_own_cgroup(tmp_path):
+    """A systemd unit's MemoryMax= sits in its own cgroup (/sys/fs/cgroup/system.slice/x.service),
+    not at the root; a tighter slice above it wins."""
+    root = tmp_path / "cgroup"
+    unit = root / "system.slice" / "ampere-llm.service"
+    unit.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("memory\n")        # the root has no memory.max
+    (root / "system.slice" / "memory.max").write_text("max\n")
+    (root / "system.slice" / "memory.current").write_text("999999999\n")
+    (unit / "memory.max").write_text(f"{300 << 20}\n")
+    (unit / "memory.current").write_text(f"{100 << 20}\n")
+    me = tmp_path / "self-cgroup"
+    me.write_text("0::/system.slice/ampere-llm.service\n")
+    assert host_memory_available(root, me) == 200 << 20
+    (root / "system.slice" / "memory.max").write_text(f"{1100 << 20}\n")   # the slice: ~146 MiB left
+    assert host_memory_available(root, me) == (1100 << 20) - 999999999
+    me.write_text("12:memory:/legacy\n")                       # cgroup v1 only: MemAvailable
+    assert host_memory_available(root, me) > 200 << 20
 
 
 def test_http_parallel_4_streams_concurrently(run_server, smollm2_model):

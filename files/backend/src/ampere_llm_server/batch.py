@@ -376,15 +376,30 @@ def kv_cache_bytes(model, meta: dict[str, str], cells: int) -> int:
     return n_layer * cells * n_head_kv * (k + v) * 2
 
 
-def host_memory_available() -> int:
-    """Bytes this process may still use: MemAvailable, or less if a cgroup v2 limit says so."""
+def host_memory_available(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                          proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """Bytes this process may still use: MemAvailable, or less if a cgroup v2 limit says so.
+
+    The limit that matters is the unit's own (MemoryMax= in ampere-llm.service), which lives in
+    this process's cgroup, not at the root of /sys/fs/cgroup; a limit on any ancestor (a slice)
+    applies too, so every level from ours up to the root is read and the tightest wins."""
     with open("/proc/meminfo") as f:
         avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
+        own = next(line.split(":", 2)[2].strip() for line in proc_self_cgroup.read_text().splitlines()
+                   if line.startswith("0::"))
+    except (OSError, StopIteration, IndexError):
+        return avail                            # no cgroup v2: MemAvailable is all we know
+    level = (cgroup_root / own.lstrip("/")).resolve()
+    root = cgroup_root.resolve()
+    while level == root or root in level.parents:
+        try:
+            limit = (level / "memory.max").read_text().strip()
+            if limit != "max":
+                avail = min(avail, int(limit) - int((level / "memory.current").read_text()))
+        except (OSError, ValueError):
+            pass                                # the root and some levels have no memory files
+        if level == root:
+            break
+        level = level.parent
     return avail
