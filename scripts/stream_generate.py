@@ -4,6 +4,7 @@ The summary counts how many separate network reads carried token events: a strea
 buffered arrives in one lump, a real stream in many (molecule's verify asserts on it; `make demo`
 prints the answer live). Usage: stream_generate.py URL [PROMPT] [--json]
 """
+import codecs
 import http.client
 import json
 import sys
@@ -22,10 +23,12 @@ result = {"status": resp.status, "content_type": resp.getheader("Content-Type"),
           "done": None, "error": None}
 if resp.status != 200:
     result["error"] = resp.read().decode(errors="replace")
+# A character split across two reads must not become two replacement characters.
+decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 buffer, event = "", "message"
 while resp.status == 200 and (chunk := resp.read1(65536)):
     had_token = False
-    buffer += chunk.decode(errors="replace")
+    buffer += decoder.decode(chunk)
     while "\n" in buffer:
         line, buffer = buffer.split("\n", 1)
         if line.startswith("event:"):
