@@ -267,6 +267,15 @@ async def test_openai_stream_survives_heartbeats(make_client):
     # the slot is busy for a few hundred ms (300 tokens): the queued stream gets many heartbeats
     holder = await client.post("/generate", json={**LONG, "max_tokens": 300})
     assert (await holder.content.readline()).startswith(b"data:")
+    # on the wire: the queued OpenAI stream gets SSE comments before its first chunk
+    raw = await client.post("/v1/completions", json={"model": "m", "prompt": "Once", "max_tokens": 2,
+                                                      "stream": True})
+    first = await raw.content.readline()
+    assert first.startswith(b": keep-alive"), first
+    assert (await raw.read()).rstrip().endswith(b"data: [DONE]")
+    assert (await sse_events(holder))[-1][0] == "done"
+    holder = await client.post("/generate", json={**LONG, "max_tokens": 300})
+    assert (await holder.content.readline()).startswith(b"data:")
     oa = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
     stream = await oa.completions.create(model="m", prompt="Once", max_tokens=5, temperature=0,
                                          stream=True)
