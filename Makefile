@@ -29,7 +29,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 help:
 	@echo "make demo   - the pool on this machine: seed (site.yml) -> image -> 2 nodes -> HAProxy; prints the page URL (make demo-down removes it)"
 	@echo "make test   - everything: backend, page in Chromium, collection via molecule"
-	@echo "make bench  - speed side by side with llama-bench and llama-server, ratios and a plot (BENCH_ARGS=--pool: through the local pool, \$$ per Mtok)"
+	@echo "make bench  - speed side by side with llama-bench and llama-server, ratios and a plot, then through the local pool with \$$ per Mtok (BENCH_ARGS= for the node part only)"
 
 setup: deps venv
 
@@ -80,7 +80,10 @@ demo: setup
 demo-down:
 	bash scripts/demo.sh down
 
-# BENCH_ARGS="--model PATH --threads N --quick" to vary the run (bench/run.py --help).
+# The node side by side with llama.cpp's own tools, then the local pool (issue 5: 1 and 2 nodes,
+# $ per million tokens). BENCH_ARGS="--model PATH --threads N --quick" to vary it, BENCH_ARGS=
+# for the node part only (bench/run.py --help).
+BENCH_ARGS ?= --pool
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 

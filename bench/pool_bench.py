@@ -1,4 +1,4 @@
-"""`make bench BENCH_ARGS=--pool`: aggregate tokens/s through the local pool's balancer (pool/local.py:
+"""`make bench` (its --pool part): aggregate tokens/s through the local pool's balancer (pool/local.py:
 HAProxy in front of nodes booted from the seed's image) with 1 and then 2 nodes, and what a million
 tokens would cost on OCI at those speeds.
 
