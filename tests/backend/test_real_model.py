@@ -54,14 +54,15 @@ def smol(run_server, smollm2_model):
 
 def rendered_by_hand(model_path, messages) -> str:
     """The chat prompt rendered here, independently of the service: the template read from the GGUF
-    file with the gguf package and rendered with plain Jinja2, as Hugging Face's tokenizer does."""
+    file with the gguf package and rendered with Jinja2 in the environment Hugging Face's
+    tokenizers use for chat templates (sandboxed, trim_blocks, lstrip_blocks)."""
     import gguf
-    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     field = gguf.GGUFReader(model_path).fields["tokenizer.chat_template"]
     template = bytes(field.parts[field.data[0]]).decode()
-    return jinja2.Environment().from_string(template).render(messages=messages,
-                                                             add_generation_prompt=True)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True)
 
 
 # A 135M model's greedy answer is not the same on every CPU (AVX2 and AVX-512 kernels round
