@@ -76,11 +76,13 @@ class Server:
     label = "server"
     ready_path = "/health"
 
-    def __init__(self, model: Path, threads: int, parallel: int, ctx_per_slot: int, log_dir: Path):
+    def __init__(self, model: Path, threads: int, parallel: int, ctx_per_slot: int, log_dir: Path,
+                 flash_attn: str = "off"):
         self.model, self.threads, self.parallel, self.ctx = model, threads, parallel, ctx_per_slot
+        self.flash_attn = flash_attn          # "off" | "on": the same attention kernel on both sides
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{self.label}-parallel{parallel}.log"
+        self.log_path = log_dir / f"{self.label}-parallel{parallel}-fa-{flash_attn}.log"
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -167,7 +169,7 @@ class LlamaServer(Server):
         # -c is the whole KV cache, split evenly over the slots: per slot it matches ours' --ctx
         return [str(self.bin), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "-t", str(self.threads), "-tb", str(self.threads), "-np", str(self.parallel),
-                "-c", str(self.ctx * self.parallel), "--no-webui"]
+                "-c", str(self.ctx * self.parallel), "-fa", self.flash_attn, "--no-webui"]
 
     def request(self, prompt, max_tokens):
         return "/completion", {"prompt": prompt, "n_predict": max_tokens, "ignore_eos": True,
@@ -194,7 +196,7 @@ class OursServer(Server):
         return [str(exe), "--model", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "--threads", str(self.threads), "--parallel", str(self.parallel),
                 "--ctx", str(self.ctx), "--max-queue", str(16), "--node-name", "bench",
-                "--log-level", "warning"]
+                "--flash-attn", self.flash_attn, "--log-level", "warning"]
 
     def request(self, prompt, max_tokens):
         # no ignore_eos here: the prompts are chosen so greedy decoding runs to max_tokens
@@ -240,11 +242,11 @@ async def run_round(server: Server, prompts: list[str], max_tokens: int) -> tupl
 
 
 def llama_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, gen_tokens: int,
-                reps: int, progress=print) -> dict:
+                reps: int, progress=print, flash_attn: str = "off") -> dict:
     """llama-bench pp<prompt> and tg<gen> on the same model and threads; its JSON, trimmed.
     Its progress lines go to `progress` as they come (a loaded box can take a minute here)."""
     cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", str(prompt_tokens),
-           "-n", str(gen_tokens), "-r", str(reps), "-o", "json", "--progress"]
+           "-n", str(gen_tokens), "-r", str(reps), "-fa", flash_attn, "-o", "json", "--progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     errors = []
     for line in proc.stderr:              # the JSON on stdout is small: no pipe can fill meanwhile
@@ -259,7 +261,7 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, ge
     for test in json.loads(stdout):
         kind = "pp" if test["n_gen"] == 0 else "tg"
         result[kind] = {"tokens": test["n_prompt"] or test["n_gen"], "tps": test["avg_ts"],
-                        "tps_sd": test["stddev_ts"]}
+                        "tps_sd": test["stddev_ts"], "flash_attn": test.get("flash_attn")}
         result["build_commit"] = test.get("build_commit")
         result["build_number"] = test.get("build_number")
         result["cpu_info"] = test.get("cpu_info")

@@ -6,12 +6,15 @@
    requests alternate between them, so a noisy neighbour hurts both alike. N = 1 is the
    single-stream comparison (time to first token, streamed decode tokens/s).
 Same model, threads, per-slot context, prompt lengths, greedy sampling and max_tokens everywhere.
-Writes <out>/<stamp>-<model>.{json,md,png} and prints the ratios against the goals.
+Steps 1-2 run twice: flash attention off on all three tools (ours' default, which keeps greedy
+output independent of batch company), then on (--flash-attn off|on runs one of them).
+Each writes <out>/<stamp>-<model>-fa-<off|on>.{json,md,png} and prints the ratios against the goals.
 
 3. Opt-in (--pool, or --pool-only): bench/pool_bench.py, tokens/s through the local pool's HAProxy
    with 1 and 2 nodes and the cost per million tokens at OCI's prices.
 
-Usage: bench/run.py [--model smollm2|tiny|PATH] [--threads N] [--quick] [--out DIR] [--pool|--pool-only]
+Usage: bench/run.py [--model smollm2|gemma3|tiny|PATH] [--threads N] [--quick] [--flash-attn off|on|both]
+                    [--levels N...] [--out DIR] [--pool|--pool-only]
 Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench) and LLAMA_CPP_LIB_PATH: `make bench` sets both.
 """
 from __future__ import annotations
@@ -48,12 +51,12 @@ def say(msg: str) -> None:
 
 
 def resolve_model(name: str) -> Path:
-    if name in ("smollm2", "tiny"):
+    if name in ("smollm2", "gemma3", "tiny"):
         import small_models
         return Path(getattr(small_models, name)())
     path = Path(name)
     if not path.is_file():
-        raise SystemExit(f"bench: model {name!r} is neither smollm2, tiny nor an existing file")
+        raise SystemExit(f"bench: model {name!r} is neither smollm2, gemma3, tiny nor an existing file")
     return path.resolve()
 
 
@@ -96,15 +99,16 @@ async def start_ours(make, n: int) -> tuple[OursServer, str | None]:
 
 
 async def measure_level(n: int, cfg: dict, model: Path, bin_dir: Path, threads: int, ctx: int,
-                        logs: Path, prompts) -> dict:
-    row: dict = {"streams": n}
+                        logs: Path, prompts, fa: str = "off") -> dict:
+    row: dict = {"streams": n, "flash_attn": fa}
     servers = []
     try:
-        ls = await LlamaServer(bin_dir, model, threads, n, ctx, logs).start()
+        ls = await LlamaServer(bin_dir, model, threads, n, ctx, logs, fa).start()
         servers.append(ls)
-        ours, note = await start_ours(lambda k: OursServer(model, threads, k, ctx, logs), n)
+        ours, note = await start_ours(lambda k: OursServer(model, threads, k, ctx, logs, fa), n)
         servers.append(ours)
         row["ours_parallel"], row["ours_note"] = ours.parallel, note
+        row["commands"] = {s.label: " ".join(s.command()) for s in servers}
         for s in servers:                       # page the model in, fill caches: not measured
             await harness.run_round(s, prompts(n), min(8, cfg["max_tokens"]))
         rounds = cfg["runs"] if n == 1 else cfg["rounds"]
@@ -140,7 +144,7 @@ def prompt_supply(tokens_per_number: float, target: int):
     return lambda n: list(itertools.islice(fresh, n))
 
 
-async def main_async(args) -> Path:
+async def main_async(args, fa: str) -> Path:
     cfg = dict(QUICK if args.quick else FULL)
     if args.levels:
         cfg["levels"] = sorted({1, *args.levels})
@@ -153,7 +157,7 @@ async def main_async(args) -> Path:
     ctx = max(512, -(-(cfg["prompt_tokens"] * 2 + cfg["max_tokens"] + 64) // 256) * 256)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out).resolve()
-    stem = out / f"{stamp}-{model.stem}"
+    stem = out / f"{stamp}-{model.stem}-fa-{fa}"
     logs = out / f"{stamp}-logs"
     t_start, cpu_start = time.monotonic(), harness.cpu_seconds()
 
@@ -161,25 +165,26 @@ async def main_async(args) -> Path:
         "schema": 1, "started": stamp, "machine": harness.machine(), "versions": versions(bin_dir),
         "config": {**cfg, "model": model.name, "model_path": str(model),
                    "model_mib": round(model.stat().st_size / 2**20, 1), "threads": threads,
-                   "ctx_per_slot": ctx, "quick": args.quick, "sampling": harness.GREEDY},
+                   "ctx_per_slot": ctx, "quick": args.quick, "sampling": harness.GREEDY,
+                   "flash_attn": fa},
     }
     m = results["machine"]
     say(f"==> bench: {model.name} on {m['cpu']} ({m['usable_cores']}/{m['cores']} cores usable, "
         f"load {m['loadavg_start'][0]:.1f}), {threads} threads, prompt ~{cfg['prompt_tokens']} tokens, "
-        f"{cfg['max_tokens']} generated, streams {cfg['levels']}")
+        f"{cfg['max_tokens']} generated, streams {cfg['levels']}, flash attention {fa} on both servers")
     if report.busy(m["loadavg_start"][0], m["usable_cores"]):
         say(f"    warning: load average {m['loadavg_start'][0]:.1f} on {m['usable_cores']} cores: other work is "
             f"running; llama.cpp's threads slow down badly when they share cores, so expect low, noisy figures")
     say(f"==> llama-bench pp{cfg['prompt_tokens']} / tg{cfg['max_tokens']} x{cfg['bench_reps']}")
     lb = await asyncio.to_thread(harness.llama_bench, bin_dir, model, threads, cfg["prompt_tokens"],
-                                 cfg["max_tokens"], cfg["bench_reps"], say)
+                                 cfg["max_tokens"], cfg["bench_reps"], say, fa)
     results["llama_bench"] = lb
     results["versions"]["llama_cpp_commit"] = lb.get("build_commit")
     say(f"    pp{lb['pp']['tokens']} {lb['pp']['tps']:.1f} tok/s, tg{lb['tg']['tokens']} "
         f"{lb['tg']['tps']:.1f} tok/s (llama.cpp {lb.get('build_commit')})")
 
     # The tokenizer decides how many numbers make a prompt of the wanted length.
-    probe = await LlamaServer(bin_dir, model, threads, 1, ctx, logs).start()
+    probe = await LlamaServer(bin_dir, model, threads, 1, ctx, logs, fa).start()
     try:
         tpn = await harness.tokens_per_number(probe)
     finally:
@@ -192,7 +197,7 @@ async def main_async(args) -> Path:
         say(f"==> {n} concurrent stream{'s' * (n > 1)}: llama-server --parallel {n} vs ours --parallel {n}, "
             f"{rounds} round{'s' * (rounds > 1)} each")
         results["concurrency"].append(
-            await measure_level(n, cfg, model, bin_dir, threads, ctx, logs, prompts))
+            await measure_level(n, cfg, model, bin_dir, threads, ctx, logs, prompts, fa))
 
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["duration_s"] = round(time.monotonic() - t_start, 1)
@@ -220,10 +225,13 @@ def pool_errors() -> tuple:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2", help="smollm2 (default), tiny, or a GGUF path")
+    p.add_argument("--model", default="smollm2", help="smollm2 (default), gemma3, tiny, or a GGUF path")
     p.add_argument("--threads", type=int, default=0, help="default: the cores this process may use")
     p.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
     p.add_argument("--levels", type=int, nargs="+", help="concurrent streams to measure (1 is always in)")
+    p.add_argument("--flash-attn", default="both", choices=("off", "on", "both"),
+                   help="llama.cpp's flash-attention kernel, the same on both servers; both (default): "
+                        "a run with it off (ours' default: exact greedy output) and one with it on")
     p.add_argument("--out", default=str(HERE / "results"), help="where results go (default bench/results)")
     p.add_argument("--pool", action="store_true",
                    help="also: tokens/s through the local pool's HAProxy with 1 and 2 nodes, and $ per "
@@ -232,7 +240,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if not args.pool_only:
-            asyncio.run(main_async(args))
+            for fa in ("off", "on") if args.flash_attn == "both" else (args.flash_attn,):
+                asyncio.run(main_async(args, fa))
         if args.pool or args.pool_only:
             import pool_bench  # only here: it needs root, haproxy and systemd-nspawn
             res = pool_bench.run(quick=args.quick, say=say)

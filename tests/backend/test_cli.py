@@ -26,7 +26,8 @@ def test_precedence_cli_over_env_over_file_over_defaults(tmp_path):
     env = {"AMPERE_LLM_CONFIG": str(toml), "AMPERE_LLM_MAX_QUEUE": "5", "AMPERE_LLM_CTX": "2048"}
     c = load_config(["--ctx", "512"], env)
     assert (c.model, c.port, c.max_queue, c.ctx) == ("/m.gguf", 9001, 5, 512)
-    assert c.host == "127.0.0.1" and c.parallel == 1
+    assert c.host == "127.0.0.1" and c.parallel == 1 and c.flash_attn == "off"
+    assert load_config(["--model", "m", "--flash-attn", "on"], {}).flash_attn == "on"
     assert c.threads == len(os.sched_getaffinity(0)) >= 1  # the cores this process may use
 
 
@@ -36,6 +37,7 @@ def test_precedence_cli_over_env_over_file_over_defaults(tmp_path):
     (["--model", "m", "--port", "70000"], {}, None, "--port 70000 is out of range"),
     (["--model", "m"], {"AMPERE_LLM_THREADS": "0"}, None, "--threads 0 is out of range"),
     (["--model", "m", "--log-level", "loud"], {}, None, "--log-level 'loud'"),
+    (["--model", "m"], {"AMPERE_LLM_FLASH_ATTN": "yes"}, None, "--flash-attn 'yes': use one of off, on"),
     (["--model", "m", "--bogus", "1"], {}, None, "unrecognized arguments: --bogus"),
     (["--model", "m"], {}, "max_queue = 3\nmax_queu = 4\n", "unknown key 'max_queu'"),
     (["--model", "m"], {}, "ctx = \"big\"\n", "ctx from"),

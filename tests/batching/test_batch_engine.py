@@ -251,3 +251,38 @@ def test_http_parallel_4_streams_concurrently(run_server, smollm2_model):
     steps = metrics["ampere_llm_batch_sequences_count"]
     assert steps > 0 and metrics['ampere_llm_batch_sequences_bucket{le="1.0"}'] < steps
     assert metrics["ampere_llm_prompt_tokens_cached_total"] > 0
+
+
+@pytest.mark.parametrize("flash_attn", [True, False])
+def test_flash_attention_option_reaches_llama_cpp(smollm2_model, capsys, flash_attn):
+    """--flash-attn on/off is what llama.cpp's context reports (its own log line), and an engine
+    with the kernel on streams real answers in company."""
+    import logging
+    chatter = logging.getLogger("llama-cpp-python")
+    old = chatter.level
+    chatter.setLevel(logging.INFO)      # llama.cpp's context log, muted by default
+    try:
+        e = BatchEngine(smollm2_model, n_ctx=256, slots=2, n_threads=1, flash_attn=flash_attn)
+    finally:
+        chatter.setLevel(old)
+    try:
+        said = [ln for ln in capsys.readouterr().err.splitlines() if "flash_attn" in ln]
+        assert said and said[-1].split("=")[-1].strip() == ("enabled" if flash_attn else "disabled")
+        runs = [Run(e, chat(e, q)) for q in QUESTIONS[:3]]
+        for r in runs:
+            end = r.wait()
+            assert isinstance(end, Done) and end.completion_tokens > 0, end
+            assert len(r.text.split()) >= 3 and "\ufffd" not in r.text
+    finally:
+        e.close()
+
+
+def test_single_engine_passes_flash_attention_to_llama_cpp(tiny_model):
+    import llama_cpp
+    e = SingleEngine(tiny_model, n_ctx=256, n_threads=1, flash_attn=True)
+    try:
+        assert e._llm.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        r = Run(e, "one two three", SamplingParams(max_tokens=5, temperature=0.0))
+        assert isinstance(r.wait(), Done) and 1 <= len(r.tokens) <= 5
+    finally:
+        e.close()

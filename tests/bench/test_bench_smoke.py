@@ -17,22 +17,32 @@ SERVERS = ("llama-server", "ours")
 
 def test_quick_bench_writes_every_figure(tiny_model: Path, tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(ROOT / "bench/run.py"), "--quick", "--model", str(tiny_model),
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=180,
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=420,
                          env=os.environ.copy())
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "==> goals" in run.stdout and "N=8 ours" in run.stdout      # progress and verdicts shown
 
-    (jpath,) = tmp_path.glob("*.json")
-    res = json.loads(jpath.read_text())
+    # One run with flash attention off on every tool, one with it on.
+    runs = {json.loads(p.read_text())["config"]["flash_attn"]: p for p in tmp_path.glob("*.json")}
+    assert sorted(runs) == ["off", "on"]
+    for fa, jpath in runs.items():
+        check_run(json.loads(jpath.read_text()), fa)
+
+
+def check_run(res: dict, fa: str) -> None:
     assert {"schema", "started", "duration_s", "machine", "versions", "config", "llama_bench",
             "concurrency", "ratios", "goals", "files"} <= res.keys()
     assert {"cpu", "cores", "usable_cores", "loadavg_start", "loadavg_end"} <= res["machine"].keys()
     assert res["versions"]["llama_cpp_commit"] and res["versions"]["llama_cpp_python"]
     assert res["llama_bench"]["pp"]["tps"] > 0 and res["llama_bench"]["tg"]["tps"] > 0
+    # the setting reached every tool: llama-bench reports what it ran with, the servers' commands
+    assert {res["llama_bench"][k]["flash_attn"] for k in ("pp", "tg")} == {fa == "on"}
 
     assert [row["streams"] for row in res["concurrency"]] == [1, 2, 4, 8]
     for row in res["concurrency"]:
         assert "error" not in row, row["error"]
+        assert f" -fa {fa} " in row["commands"]["llama-server"]
+        assert f" --flash-attn {fa} " in row["commands"]["ours"]
         for who in SERVERS:
             fig = row[who]
             assert fig["streams"] == row["streams"] * len(fig["rounds"])
@@ -51,3 +61,4 @@ def test_quick_bench_writes_every_figure(tiny_model: Path, tmp_path: Path) -> No
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     md = Path(res["files"]["md"]).read_text()
     assert "## Goals" in md and "## Concurrent streams" in md
+    assert f"flash attention {fa} on both servers" in md

@@ -74,7 +74,7 @@ class _Slot:
 
 class BatchEngine:
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int, slots: int, n_threads: int,
-                 n_batch: int = 512, prefill_chunk: int = 128,
+                 n_batch: int = 512, prefill_chunk: int = 128, flash_attn: bool = False,
                  memory_available: Callable[[], int] | None = None) -> None:
         """Blocks until the model is loaded (call it off the event loop); raises ConfigError when
         the settings cannot work, before allocating the KV cache."""
@@ -85,6 +85,7 @@ class BatchEngine:
             raise ConfigError(f"--ctx must be at least 16 tokens, got {n_ctx}")
         self.model_name = Path(model_path).name.removesuffix(".gguf")
         self.slots = slots
+        self.flash_attn = flash_attn
         self.n_batch = max(n_batch, slots + 1)
         self.prefill_chunk = max(1, min(prefill_chunk, self.n_batch - slots))
         # Optional hook for metrics, called on the engine thread after each decode:
@@ -151,11 +152,12 @@ class BatchEngine:
         cparams.n_ctx = per_seq * self.slots
         cparams.n_seq_max = self.slots
         cparams.kv_unified = False
-        # Flash attention off, as Llama() has it for SingleEngine: llama.cpp's CPU flash-attention
-        # kernel rounds differently depending on what shares the step (a cached prompt re-read
-        # beside other streams flipped a near-tie greedy token on SmolLM2), and off, --parallel 1
-        # and --parallel N give the same greedy answer.
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # Flash attention off by default (--flash-attn): llama.cpp's CPU flash-attention kernel
+        # rounds differently depending on what shares the step (a cached prompt re-read beside
+        # other streams flipped a near-tie greedy token on SmolLM2); off, --parallel 1 and
+        # --parallel N give the same greedy answer. On trades that for speed with many streams.
+        cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn
+                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cparams.n_batch = cparams.n_ubatch = self.n_batch
         cparams.n_threads = cparams.n_threads_batch = n_threads
         cparams.no_perf = True
@@ -168,8 +170,8 @@ class BatchEngine:
         self.n_ctx = llama_cpp.llama_n_ctx_seq(ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         log.info("batch engine: %d slots x %d tokens, KV cache %.0f MiB, n_batch %d, prefill "
-                 "chunk %d", self.slots, self.n_ctx, need / 2**20, self.n_batch,
-                 self.prefill_chunk)
+                 "chunk %d, flash attention %s", self.slots, self.n_ctx, need / 2**20, self.n_batch,
+                 self.prefill_chunk, "on" if self.flash_attn else "off")
 
     def _main(self, path: str, n_ctx: int, n_threads: int, loaded: Future) -> None:
         try:

@@ -30,13 +30,14 @@ class SingleEngine:
     slots = 1
 
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int, n_threads: int,
-                 n_batch: int = 512) -> None:
+                 n_batch: int = 512, flash_attn: bool = False) -> None:
         """Blocks until the model is loaded (call it off the event loop); raises if it cannot be."""
         self.model_name = Path(model_path).name.removesuffix(".gguf")
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         loaded: Future[None] = Future()
         self._thread = threading.Thread(target=self._main, name="llama-worker", daemon=True,
-                                        args=(str(model_path), n_ctx, n_threads, n_batch, loaded))
+                                        args=(str(model_path), n_ctx, n_threads, n_batch, flash_attn,
+                                              loaded))
         self._thread.start()
         loaded.result()
 
@@ -58,13 +59,14 @@ class SingleEngine:
         self._thread.join(timeout=30)
 
     # --- the worker thread ------------------------------------------------------------------
-    def _main(self, path: str, n_ctx: int, n_threads: int, n_batch: int, loaded: Future) -> None:
+    def _main(self, path: str, n_ctx: int, n_threads: int, n_batch: int, flash_attn: bool,
+              loaded: Future) -> None:
         try:
             # verbose=False: llama.cpp's load chatter is dropped (our own logs use a private dup
             # of stderr, see cli.py, because llama-cpp-python silences fds 1 and 2 while loading).
             self._llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx),
                                         n_threads=n_threads, n_threads_batch=n_threads,
-                                        verbose=False)
+                                        flash_attn=flash_attn, verbose=False)
             llm = self._llm
             # llama.cpp pads the context to 256 cells; Llama's own token array keeps what was asked.
             self.n_ctx = min(llm.n_ctx(), len(llm.input_ids))
