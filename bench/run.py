@@ -205,12 +205,14 @@ async def main_async(args, fa: str) -> Path:
     results["machine"]["other_cpu_share"] = round(
         max(0.0, (host1 - host0) - (own1 - own0)) / (results["duration_s"] * (os.cpu_count() or 1)), 3)
     results["ratios"], results["goals"] = report.evaluate(results)
-    results["files"] = {k: str(stem.with_suffix(f".{k}")) for k in ("json", "md", "png")}
+    # not with_suffix: model names hold dots (SmolLM2-135M-Instruct.Q4_1)
+    files = {k: stem.parent / f"{stem.name}.{k}" for k in ("json", "md", "png")}
+    results["files"] = {k: str(v) for k, v in files.items()}
     results["files"]["logs"] = str(logs)
     out.mkdir(parents=True, exist_ok=True)
-    report.plot(results, stem.with_suffix(".png"))
-    stem.with_suffix(".md").write_text(report.markdown(results))
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    report.plot(results, files["png"])
+    files["md"].write_text(report.markdown(results))
+    files["json"].write_text(json.dumps(results, indent=1))
     say(report.console(results))
     return stem
 

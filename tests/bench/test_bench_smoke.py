@@ -26,6 +26,7 @@ def test_quick_bench_writes_every_figure(tiny_model: Path, tmp_path: Path) -> No
     runs = {json.loads(p.read_text())["config"]["flash_attn"]: p for p in tmp_path.glob("*.json")}
     assert sorted(runs) == ["off", "on"]
     for fa, jpath in runs.items():
+        assert jpath.name.endswith(f"-fa-{fa}.json"), jpath.name
         check_run(json.loads(jpath.read_text()), fa)
 
 

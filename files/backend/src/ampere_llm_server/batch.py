@@ -155,7 +155,8 @@ class BatchEngine:
         # Flash attention off by default (--flash-attn): llama.cpp's CPU flash-attention kernel
         # rounds differently depending on what shares the step (a cached prompt re-read beside
         # other streams flipped a near-tie greedy token on SmolLM2); off, --parallel 1 and
-        # --parallel N give the same greedy answer. On trades that for speed with many streams.
+        # --parallel N give the same greedy answer. On is llama-server's default on CPU; make bench
+        # measures both (level on short prompts; the kernel is meant for long contexts).
         cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn
                                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cparams.n_batch = cparams.n_ubatch = self.n_batch

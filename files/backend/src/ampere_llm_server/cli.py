@@ -67,7 +67,8 @@ HELP = {
     "heartbeat_interval": "seconds between SSE keep-alive comments while idle (default 10; "
                           "keep it under the load balancer's idle timeout)",
     "flash_attn": "off | on: llama.cpp's flash-attention kernel (default off: a greedy answer is "
-                  "then the same alone and in a batch; on is faster with many streams)",
+                  "then the same alone and in a batch; on is llama-server's default, for long "
+                  "contexts)",
 }
 # (minimum, maximum) of each number
 LIMITS = {"port": (1, 65535), "threads": (1, 1024), "ctx": (64, 1 << 20), "parallel": (1, 256),
