@@ -120,7 +120,7 @@ def markdown(results: dict) -> str:
     s = single(results)
     lines = [f"# Bench {results['started']}: {c['model']}", "",
              f"{m['cpu']}, {m['usable_cores']}/{m['cores']} cores usable, {m['mem_gib']} GiB; "
-             f"{c['threads']} threads; flash attention {_fa(c)} on both servers; llama.cpp "
+             f"{c['threads']} threads; flash attention: {_fa(c)} on every tool; llama.cpp "
              f"{v.get('llama_cpp_commit')}; llama-cpp-python "
              f"{v['llama_cpp_python']}; ampere-llm-server {v['ampere_llm_server']}; load average "
              f"{m['loadavg_start'][0]:.1f} at start; other processes' CPU share during the run "
@@ -162,7 +162,7 @@ def markdown(results: dict) -> str:
 
 
 def console(results: dict) -> str:
-    out = ["", f"==> goals (issues 2 and 7), flash attention {_fa(results['config'])} on both servers"]
+    out = ["", f"==> goals (issues 2 and 7), flash attention: {_fa(results['config'])} on every tool"]
     width = max(len(g["goal"]) for g in results["goals"])
     for g in results["goals"]:
         out.append(f"  {g['goal']:<{width}}  {_fmt(g['value'], '.3f'):>6}  {g['target']:<7}  {_verdict(g)}"

@@ -171,7 +171,7 @@ async def main_async(args, fa: str) -> Path:
     m = results["machine"]
     say(f"==> bench: {model.name} on {m['cpu']} ({m['usable_cores']}/{m['cores']} cores usable, "
         f"load {m['loadavg_start'][0]:.1f}), {threads} threads, prompt ~{cfg['prompt_tokens']} tokens, "
-        f"{cfg['max_tokens']} generated, streams {cfg['levels']}, flash attention {fa} on both servers")
+        f"{cfg['max_tokens']} generated, streams {cfg['levels']}, flash attention: {fa} on every tool")
     if report.busy(m["loadavg_start"][0], m["usable_cores"]):
         say(f"    warning: load average {m['loadavg_start'][0]:.1f} on {m['usable_cores']} cores: other work is "
             f"running; llama.cpp's threads slow down badly when they share cores, so expect low, noisy figures")
