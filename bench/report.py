@@ -105,8 +105,9 @@ def _noisy(results: dict) -> str | None:
 
 
 def _fa(config: dict) -> str:
-    # runs from before the option: ours had it off, llama-server on its default (auto)
-    return config.get("flash_attn", "off in ours, auto in llama-server")
+    if "flash_attn" not in config:  # runs from before the option: llama-server on its default
+        return "off in ours, auto in llama-server"
+    return f"{config['flash_attn']} on every tool"
 
 
 def _concurrency_rows(results):
@@ -120,7 +121,7 @@ def markdown(results: dict) -> str:
     s = single(results)
     lines = [f"# Bench {results['started']}: {c['model']}", "",
              f"{m['cpu']}, {m['usable_cores']}/{m['cores']} cores usable, {m['mem_gib']} GiB; "
-             f"{c['threads']} threads; flash attention: {_fa(c)} on every tool; llama.cpp "
+             f"{c['threads']} threads; flash attention: {_fa(c)}; llama.cpp "
              f"{v.get('llama_cpp_commit')}; llama-cpp-python "
              f"{v['llama_cpp_python']}; ampere-llm-server {v['ampere_llm_server']}; load average "
              f"{m['loadavg_start'][0]:.1f} at start; other processes' CPU share during the run "
@@ -162,7 +163,7 @@ def markdown(results: dict) -> str:
 
 
 def console(results: dict) -> str:
-    out = ["", f"==> goals (issues 2 and 7), flash attention: {_fa(results['config'])} on every tool"]
+    out = ["", f"==> goals (issues 2 and 7), flash attention: {_fa(results['config'])}"]
     width = max(len(g["goal"]) for g in results["goals"])
     for g in results["goals"]:
         out.append(f"  {g['goal']:<{width}}  {_fmt(g['value'], '.3f'):>6}  {g['target']:<7}  {_verdict(g)}"
@@ -181,7 +182,7 @@ def plot(results: dict, path: Path) -> None:
     c, m, v = results["config"], results["machine"], results["versions"]
     s = single(results)
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
-    fig.suptitle(f"{c['model']} · {c['threads']} threads · flash attention {_fa(c)} · {m['cpu']} · llama.cpp {str(v.get('llama_cpp_commit'))[:9]}"
+    fig.suptitle(f"{c['model']} · {c['threads']} threads · flash attention: {_fa(c)} · {m['cpu']} · llama.cpp {str(v.get('llama_cpp_commit'))[:9]}"
                  f" · prompt ~{c['prompt_tokens']} tok, {c['max_tokens']} generated · {results['started']}"
                  f" · other processes' CPU share {m.get('other_cpu_share', 0):.0%}", fontsize=11)
 

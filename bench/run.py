@@ -99,7 +99,7 @@ async def start_ours(make, n: int) -> tuple[OursServer, str | None]:
 
 
 async def measure_level(n: int, cfg: dict, model: Path, bin_dir: Path, threads: int, ctx: int,
-                        logs: Path, prompts, fa: str = "off") -> dict:
+                        logs: Path, prompts, fa: str) -> dict:
     row: dict = {"streams": n, "flash_attn": fa}
     servers = []
     try:

