@@ -50,19 +50,27 @@ $(SRC)/.unpacked: $(SDIST)
 	mkdir -p $(CACHE)/src && tar xzf $(SDIST) -C $(CACHE)/src && touch $@
 
 # llama.cpp compiled once from the tree the bindings vendor: the ABI matches by construction.
-llama: $(LLAMA)/.built
-$(LLAMA)/.built: $(SRC)/.unpacked | deps
-	@echo "==> building llama.cpp $(LLAMA_COMMIT) (native, -j$(JOBS)); ~4 min on 2 cores"
-	cmake -S $(SRC)/vendor/llama.cpp -B $(LLAMA) -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-	  -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-	  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON >/dev/null
-	cmake --build $(LLAMA) -j$(JOBS) --target llama llama-server llama-bench
+# AMX off: some VMs (Firecracker on Sapphire Rapids, 2 Dec) advertise AMX in cpuinfo but fault on
+# its tile instructions, so a -march=native build dies with SIGILL on the first prompt; AMX only
+# ever sped up x86 prompt reading, and the nodes this project is for are Arm.
+LLAMA_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON \
+  -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
+  -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON
+LLAMA_TARGETS := llama llama-server llama-bench llama-batched-bench
+# The stamp names the flags and targets: a change rebuilds what it touches in the same build tree.
+LLAMA_BUILT   := $(LLAMA)/.built-$(shell echo '$(LLAMA_CMAKE_ARGS) $(LLAMA_TARGETS)' | md5sum | cut -c1-8)
+llama: $(LLAMA_BUILT)
+$(LLAMA_BUILT): $(SRC)/.unpacked | deps
+	@echo "==> building llama.cpp $(LLAMA_COMMIT) (native, -j$(JOBS)): $(LLAMA_TARGETS); ~4 min on 2 cores"
+	cmake -S $(SRC)/vendor/llama.cpp -B $(LLAMA) $(LLAMA_CMAKE_ARGS) >/dev/null
+	cmake --build $(LLAMA) -j$(JOBS) --target $(LLAMA_TARGETS)
 	@touch $@
 
 # The bindings without a second llama.cpp compile (LLAMA_BUILD=OFF); they load the library
 # above through LLAMA_CPP_LIB_PATH, exported for every recipe.
 venv: $(VENV)/.ready
-$(VENV)/.ready: requirements-dev.txt files/backend/pyproject.toml $(LLAMA)/.built
+$(VENV)/.ready: requirements-dev.txt files/backend/pyproject.toml | $(LLAMA_BUILT)
 	@echo "==> python venv $(VENV)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
