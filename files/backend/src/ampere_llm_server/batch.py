@@ -4,9 +4,9 @@ One worker thread owns a llama.cpp context with one KV stream per slot (n_seq_ma
 kv_unified = false, so every slot has its own n_ctx tokens and no sequence can crowd another
 out). Each step it builds ONE llama_batch: the last sampled token of every generating sequence
 plus a bounded chunk of the prompts still being read, then runs llama_decode once and samples each
-sequence that produced logits with that request's own sampler chain. Jobs join and leave between
-steps, so a newcomer waits one step, not for the others to finish; its prompt is read in chunks
-(`prefill_chunk` tokens per step) so running streams keep their pace while it is read.
+sequence that produced logits with that request's own sampler chain (sampling.py). Jobs join and
+leave between steps, so a newcomer waits one step, not for the others to finish; its prompt is
+read in chunks (`prefill_chunk` tokens per step) so running streams keep their pace meanwhile.
 
 Why these choices:
 - Exactness: with a KV stream per sequence, a sequence's attention never sees another's cells,
@@ -25,11 +25,9 @@ Why these choices:
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
 import queue
-import random
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -40,11 +38,11 @@ import llama_cpp
 from llama_cpp._internals import LlamaModel
 
 from .engine import Done, Failed, Job, Token
+from .sampling import Sampler
 from .text import FLUSH_TOKEN_ID, TextStream, chat_renderer, token_bytes
 
 log = logging.getLogger("ampere_llm.engine")
 
-PENALTY_LAST_N = 64      # tokens the repeat penalty looks back on, as llama-cpp-python's Llama does
 GiB = 1 << 30
 
 
@@ -59,7 +57,7 @@ class _Slot:
     cells: list[int] = field(default_factory=list)   # tokens whose KV is in this stream, in order
     job: Job | None = None
     prompt: list[int] = field(default_factory=list)
-    sampler: ctypes.c_void_p | None = None
+    sampler: Sampler | None = None
     text: TextStream | None = None
     next_token: int = -1      # sampled, not yet evaluated; -1 while the prompt is being read
     made: int = 0
@@ -250,7 +248,7 @@ class BatchEngine:
                 llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             slot.cells = prompt[:keep]
             slot.job, slot.prompt, slot.cached = job, prompt, keep
-            slot.sampler = make_sampler(job.params, self._n_vocab)
+            slot.sampler = Sampler(job.params, self._n_vocab)
             slot.text = TextStream(job.params.stop)
             slot.next_token, slot.made = -1, 0
             self._granted += 1
@@ -307,7 +305,7 @@ class BatchEngine:
 
     def _sample(self, slot: _Slot) -> None:
         job = slot.job
-        tok = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_at)
+        tok = slot.sampler.sample(self._ctx, slot.logits_at)
         if llama_cpp.llama_vocab_is_eog(self._vocab, tok):
             return self._finish(slot, "stop")
         slot.made += 1
@@ -324,7 +322,7 @@ class BatchEngine:
         if reason != "cancelled" and (tail := slot.text.flush()):
             job.emit(Token(tail, FLUSH_TOKEN_ID))
         job.emit(Done(reason, len(slot.prompt), slot.made, slot.cached))
-        llama_cpp.llama_sampler_free(slot.sampler)
+        slot.sampler.close()
         slot.job, slot.sampler, slot.text, slot.prompt = None, None, None, []
         self._busy -= 1
 
@@ -335,27 +333,9 @@ class BatchEngine:
             slot.cells = []
             if slot.job is not None:
                 slot.job.emit(Failed(message))
-                llama_cpp.llama_sampler_free(slot.sampler)
+                slot.sampler.close()
                 slot.job, slot.sampler, slot.text, slot.prompt = None, None, None, []
         self._busy = 0
-
-
-def make_sampler(p, n_vocab: int) -> ctypes.c_void_p:
-    """The request's own sampler chain, in the order llama-cpp-python's Llama builds it:
-    repeat penalty, then greedy at temperature 0, else top-k, top-p, min-p, temperature, seeded draw."""
-    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
-    add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, p.repeat_penalty, 0.0, 0.0))
-    if p.temperature <= 0:
-        add(llama_cpp.llama_sampler_init_greedy())
-    else:
-        add(llama_cpp.llama_sampler_init_top_k(p.top_k))
-        add(llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
-        add(llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
-        add(llama_cpp.llama_sampler_init_temp(p.temperature))
-        add(llama_cpp.llama_sampler_init_dist(p.seed if p.seed is not None
-                                              else random.getrandbits(32)))
-    return chain
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
