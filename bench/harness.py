@@ -268,6 +268,31 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, ge
     return result
 
 
+def batched_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, gen_tokens: int,
+                  levels: list[int], progress=print, flash_attn: str = "off") -> dict:
+    """llama-batched-bench: decode tokens/s of 1..N sequences in one llama_decode each step, with
+    no sampling, no HTTP and no scheduling: llama.cpp's own ceiling for what batching can buy on
+    these cores, measured in the same run as the servers. {"levels": {N: decode tok/s}, ...}."""
+    ctx = max(levels) * (prompt_tokens + gen_tokens) + 64
+    cmd = [str(bin_dir / "llama-batched-bench"), "-m", str(model), "-t", str(threads),
+           "-c", str(ctx), "-b", "2048", "-ub", "512", "-npp", str(prompt_tokens),
+           "-ntg", str(gen_tokens), "-npl", ",".join(map(str, levels)), "-fa", flash_attn,
+           "--output-format", "jsonl"]
+    if not Path(cmd[0]).is_file():
+        raise BenchError(f"{cmd[0]} is missing: run `make setup` (it builds llama-batched-bench)")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() + proc.stderr.splitlines()
+            if line.startswith("{")]
+    if proc.returncode != 0 or not rows:
+        raise BenchError(f"llama-batched-bench failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    result = {"command": " ".join(cmd),
+              "levels": {str(r["pl"]): r["speed_tg"] for r in rows},
+              "prefill_tps": {str(r["pl"]): r["speed_pp"] for r in rows}}
+    progress("    decode tok/s by sequences: " +
+             ", ".join(f"{n}: {v:.1f}" for n, v in result["levels"].items()))
+    return result
+
+
 def quantile(values: list[float], q: float) -> float | None:
     """Nearest-rank quantile (p95 of 10 runs is the worst but one: no interpolation invents values)."""
     vals = sorted(v for v in values if v is not None)

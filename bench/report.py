@@ -64,10 +64,15 @@ def evaluate(results: dict) -> tuple[dict, list[dict]]:
         for who, key in ((OURS, "ours"), (LS, "llama_server")):
             ratios["scaling"][f"{key}_{top}_vs_1"] = _ratio(high and high[who]["aggregate_tps"],
                                                             base and base[who]["aggregate_tps"])
-        # llama-server's own scaling says what this model and these cores allow at all
+        # llama-server's own scaling, and llama.cpp's bare decode (llama-batched-bench: no sampling,
+        # no HTTP), say what this model and these cores allow at all
         theirs = ratios["scaling"][f"llama_server_{top}_vs_1"]
+        bare = (results.get("llama_batched_bench") or {}).get("levels", {})
+        ceiling = ratios["scaling"][f"llama_cpp_decode_{top}_vs_1"] = _ratio(bare.get(str(top)),
+                                                                             bare.get("1"))
         note = "; ".join(x for x in (high and high.get("ours_note"),
-                                     theirs and f"llama-server's own: {theirs:.2f}") if x)
+                                     theirs and f"llama-server's own: {theirs:.2f}",
+                                     ceiling and f"llama.cpp's bare decode: {ceiling:.2f}") if x)
         goals.append(_goal(f"ours aggregate at {top} streams / ours single stream",
                            ratios["scaling"][f"ours_{top}_vs_1"], ">=", 2.0, note or None))
     return ratios, goals
@@ -154,6 +159,10 @@ def markdown(results: dict) -> str:
                      f"{_fmt(l['ttft_ms']['p95'])} / {_fmt(o['ttft_ms']['p95'])} | "
                      f"{_fmt(l['per_stream_tps']['median'])} / {_fmt(o['per_stream_tps']['median'])} | "
                      f"{o['tokens']['min']}-{o['tokens']['max']} |")
+    if bb := results.get("llama_batched_bench"):
+        lines += ["", "llama-batched-bench, llama.cpp's bare decode of N sequences per step (no sampling, "
+                  "no HTTP, no scheduling; the ceiling for both servers), tok/s: " +
+                  ", ".join(f"{n}: {_fmt(v)}" for n, v in bb["levels"].items()) + "."]
     for row in results["concurrency"]:
         if row.get("ours_note"):
             lines.append(f"\n\\* {row['streams']} streams: ours {row['ours_note']}.")
@@ -257,6 +266,10 @@ def plot(results: dict, path: Path) -> None:
                 if y is not None:
                     ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, dy), ha="center",
                                 fontsize=8, color=COLORS[who])
+        bare = (results.get("llama_batched_bench") or {}).get("levels", {})
+        if ax is axes[1, 0] and bare:   # the ceiling: decode alone, no prefill, sampling or HTTP
+            ax.plot(ns, [bare.get(str(n)) for n in ns], "s:", color=COLORS["llama-bench"],
+                    label="llama-batched-bench decode (ceiling)")
         fallback = [row["streams"] for row, _, _ in rows if row.get("ours_note")]
         for x in fallback:
             ax.axvspan(x * 0.9, x * 1.1, color="#999999", alpha=0.15, lw=0)
@@ -265,8 +278,9 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("concurrent streams (--parallel N)" + ("; shaded: ours at --parallel 1" if fallback else ""))
         ax.set_ylabel(unit)
         ax.set_title(title)
-        top = max((v for row, _, _ in rows for who in (LS, OURS)
-                   for v in (get(row[who]), get2(row[who]) if get2 else None) if v), default=1)
+        top = max([v for row, _, _ in rows for who in (LS, OURS)
+                   for v in (get(row[who]), get2(row[who]) if get2 else None) if v] +
+                  ([v for v in bare.values() if v] if ax is axes[1, 0] else []), default=1)
         ax.set_ylim(0, top * 1.15)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)

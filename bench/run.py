@@ -1,6 +1,7 @@
 """`make bench`: this node's service side by side with llama-bench and llama-server, one run, one model.
 
-1. llama-bench pp<P> and tg<G>: what the llama.cpp build itself does on these cores.
+1. llama-bench pp<P> and tg<G>: what the llama.cpp build itself does on these cores, and
+   llama-batched-bench: its bare decode of 1..8 sequences per step, the ceiling for batching.
 2. For each number of concurrent streams N (1, 2, 4, 8): llama-server --parallel N and ours
    (ampere-llm-server --parallel N) run at the same time on free ports; rounds of N streamed
    requests alternate between them, so a noisy neighbour hurts both alike. N = 1 is the
@@ -15,7 +16,7 @@ Each writes <out>/<stamp>-<model>-fa-<off|on>.{json,md,png} and prints the ratio
 
 Usage: bench/run.py [--model smollm2|gemma3|tiny|PATH] [--threads N] [--quick] [--flash-attn off|on|both]
                     [--levels N...] [--out DIR] [--pool|--pool-only]
-Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench) and LLAMA_CPP_LIB_PATH: `make bench` sets both.
+Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench, llama-batched-bench) and LLAMA_CPP_LIB_PATH: `make bench` sets both.
 """
 from __future__ import annotations
 
@@ -182,6 +183,11 @@ async def main_async(args, fa: str) -> Path:
     results["versions"]["llama_cpp_commit"] = lb.get("build_commit")
     say(f"    pp{lb['pp']['tokens']} {lb['pp']['tps']:.1f} tok/s, tg{lb['tg']['tokens']} "
         f"{lb['tg']['tps']:.1f} tok/s (llama.cpp {lb.get('build_commit')})")
+
+    say(f"==> llama-batched-bench: {cfg['levels']} sequences, pp{cfg['prompt_tokens']} tg{cfg['max_tokens']}")
+    results["llama_batched_bench"] = await asyncio.to_thread(
+        harness.batched_bench, bin_dir, model, threads, cfg["prompt_tokens"], cfg["max_tokens"],
+        cfg["levels"], say, fa)
 
     # The tokenizer decides how many numbers make a prompt of the wanted length.
     probe = await LlamaServer(bin_dir, model, threads, 1, ctx, logs, fa).start()

@@ -32,7 +32,7 @@ def test_quick_bench_writes_every_figure(tiny_model: Path, tmp_path: Path) -> No
 
 def check_run(res: dict, fa: str) -> None:
     assert {"schema", "started", "duration_s", "machine", "versions", "config", "llama_bench",
-            "concurrency", "ratios", "goals", "files"} <= res.keys()
+            "llama_batched_bench", "concurrency", "ratios", "goals", "files"} <= res.keys()
     assert {"cpu", "cores", "usable_cores", "loadavg_start", "loadavg_end"} <= res["machine"].keys()
     assert res["versions"]["llama_cpp_commit"] and res["versions"]["llama_cpp_python"]
     assert res["llama_bench"]["pp"]["tps"] > 0 and res["llama_bench"]["tg"]["tps"] > 0
@@ -55,6 +55,12 @@ def check_run(res: dict, fa: str) -> None:
     assert set(res["ratios"]["single"]) >= {"decode_vs_llama_bench_tg", "decode_vs_llama_server",
                                             "ttft_median_vs_llama_server"}
     assert "ours_8_vs_1" in res["ratios"]["scaling"]
+    # llama.cpp's bare batched decode, the ceiling the scaling goal is read against
+    bare = res["llama_batched_bench"]["levels"]
+    assert sorted(bare, key=int) == ["1", "2", "4", "8"] and all(v > 0 for v in bare.values())
+    assert f"-fa {fa}" in res["llama_batched_bench"]["command"]
+    assert res["ratios"]["scaling"]["llama_cpp_decode_8_vs_1"] == bare["8"] / bare["1"]
+    assert "llama.cpp's bare decode" in res["goals"][-1]["note"]
     assert len(res["goals"]) == 3 + 4 + 1
     assert all(g["met"] in (True, False) for g in res["goals"]), res["goals"]
 
