@@ -13,8 +13,9 @@ the best `top_k + len(recent)`, at least `top_k` are not penalised and keep thei
 unpenalised token outside them can beat those. numpy finds a superset of that shortlist in about
 one pass over the logits (`_shortlist`), and the same llama.cpp chain (penalties, top-k, top-p,
 min-p, temperature, seeded draw) runs on it through `llama_sampler_apply`: the same token as over
-the whole vocabulary, seed for seed, for a fraction of the work. The shortlist is in token-id order, as the whole vocabulary is, so greedy
-ties go to the same (lowest) id. A chain that looks at every token (`top_k` 0) gets all of them.
+the whole vocabulary, seed for seed, for a fraction of the work. The shortlist is in token-id
+order, as the whole vocabulary is, so greedy ties go to the same (lowest) id. A chain that looks
+at every token (`top_k` 0) gets all of them.
 """
 from __future__ import annotations
 
