@@ -70,13 +70,13 @@ $(LLAMA_BUILT): $(SRC)/.unpacked | deps
 # The bindings without a second llama.cpp compile (LLAMA_BUILD=OFF); they load the library
 # above through LLAMA_CPP_LIB_PATH, exported for every recipe.
 venv: $(VENV)/.ready
-$(VENV)/.ready: requirements-dev.txt files/backend/pyproject.toml | $(LLAMA_BUILT)
+$(VENV)/.ready: requirements-dev.txt collections/ansible_collections/ampere/llm/roles/backend/files/backend/pyproject.toml | $(LLAMA_BUILT)
 	@echo "==> python venv $(VENV)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -r requirements-dev.txt
 	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install --no-cache-dir --no-deps $(SDIST)
-	$(PY) -m pip install -e files/backend
+	$(PY) -m pip install -e collections/ansible_collections/ampere/llm/roles/backend/files/backend
 	@touch $@
 
 test: setup

@@ -5,7 +5,7 @@ Fixtures:
 - `render_site(**overrides) -> str`: ampere-llm-site.conf.j2 rendered with defaults/main.yml plus
   overrides, the way Ansible's template module renders it (trim_blocks, undefined is an error).
 - `front(backend_url, **overrides) -> Front`: NGINX in the foreground on a free 127.0.0.1 port with
-  a temp prefix, root = files/web, proxying to backend_url; stopped at teardown.
+  a temp prefix, root = the web role's files/web, proxying to backend_url; stopped at teardown.
 - `browser`: one headless Chromium per session; `page` a fresh context per test that records
   console messages and CSP violations, and leaves desktop and phone screenshots in
   artifacts/screenshots/.

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-WEB = ROOT / "files/web"
+WEB = ROOT / "collections/ansible_collections/ampere/llm/roles/web/files/web"
 ROLE = ROOT / "collections/ansible_collections/ampere/llm/roles/web"
 SCREENSHOTS = ROOT / "artifacts/screenshots"
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:" + os.environ.get("PATH", "")) or "/usr/sbin/nginx"
