@@ -33,9 +33,9 @@ PINS = REPO / "collections/ansible_collections/ampere/llm/roles/llama_cpp/defaul
 
 def vocab_file() -> Path:
     """The llama-spm vocab GGUF inside the unpacked sdist of the pinned llama-cpp-python."""
-    m = re.search(r'^llama_cpp_python_version:\s*"([^"]+)"', PINS.read_text(), re.M)
+    m = re.search(r'^llama_cpp_bindings_version:\s*"([^"]+)"', PINS.read_text(), re.M)
     if not m:
-        raise SystemExit(f"tiny_model: no llama_cpp_python_version in {PINS}")
+        raise SystemExit(f"tiny_model: no llama_cpp_bindings_version in {PINS}")
     cache = Path(os.environ.get("AMPERE_LLM_CACHE", Path.home() / ".cache" / "ampere-llm"))
     path = (cache / "src" / f"llama_cpp_python-{m.group(1)}" / "vendor" / "llama.cpp" / "models"
             / "ggml-vocab-llama-spm.gguf")

@@ -63,7 +63,7 @@ def cmake_args(cpu: dict) -> list[str]:
 
 def source_tree() -> Path:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    src = CACHE / "src" / f"llama_cpp_python-{defaults['llama_cpp_python_version']}" / "vendor" / "llama.cpp"
+    src = CACHE / "src" / f"llama_cpp_python-{defaults['llama_cpp_bindings_version']}" / "vendor" / "llama.cpp"
     assert (src / "CMakeLists.txt").exists(), f"{src} missing: `make setup` unpacks the sdist"
     return src
 
