@@ -16,10 +16,14 @@ import signal
 import socket
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Ubuntu 22.04's Python 3.10: the same parser, from PyPI (pyproject.toml's tomli)
+    import tomli as tomllib
 
 PROG = "ampere-llm-server"
 
