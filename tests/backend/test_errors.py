@@ -42,13 +42,15 @@ BAD_BODIES = [  # (raw body, words the message must contain)
     (b'{"prompt": "a", "stop": [1]}', "stop[0]: expected string, got integer"),
     (b'{"prompt": "a", "max_token": 5}', "max_token: unknown field"),
     (b'{"prompt": ["a"]}', "prompt: expected string, got array"),
-    (b'{"prompt": null}', "prompt: expected string, got null"),
+    (b'{"prompt": null}', "exactly one of prompt or messages"),  # null: not given
     (b'{"prompt": "\\ud800"}', "prompt: contains an unpaired surrogate"),
     (b"{}", "exactly one of prompt or messages"),
     (b'{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}', "exactly one of"),
     (b'{"messages": []}', "messages: needs at least 1 item"),
     (b'{"messages": [{"role": "user"}]}', "messages[0].content: is required"),
     (b'{"messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role: must be one of"),
+    (b'{"messages": [{"role": "user", "content": "x", "mood": "ok"}]}',
+     "messages[0].mood: unknown field"),
     (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content: expected string"),
     (b'{"messages": "hi"}', "messages: expected array, got string"),
 ]

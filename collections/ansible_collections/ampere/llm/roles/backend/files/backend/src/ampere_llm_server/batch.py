@@ -38,7 +38,7 @@ import llama_cpp
 from llama_cpp._internals import LlamaModel
 
 from .engine import Done, Failed, Job, Token
-from .sampling import Sampler
+from .sampling import NoTokenAllowed, Sampler
 from .text import FLUSH_TOKEN_ID, TextStream, chat_renderer, token_bytes
 
 log = logging.getLogger("ampere_llm.engine")
@@ -240,6 +240,11 @@ class BatchEngine:
                                 f"1 to {self.n_ctx} per request") if prompt else
                          Failed("the prompt is empty"))
                 continue
+            try:  # the grammar was parsed when the request came in: this fails only on a bug
+                sampler = Sampler(job.params, self._n_vocab, self._vocab)
+            except ValueError as e:
+                job.emit(Failed(str(e)))
+                continue
             slot = max(free, key=lambda s: (common_prefix(s.cells, prompt), -s.seq))
             # Keep at least one prompt token to evaluate: its logits give the first new token.
             keep = min(common_prefix(slot.cells, prompt), len(prompt) - 1)
@@ -248,7 +253,7 @@ class BatchEngine:
                 llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
             slot.cells = prompt[:keep]
             slot.job, slot.prompt, slot.cached = job, prompt, keep
-            slot.sampler = Sampler(job.params, self._n_vocab)
+            slot.sampler = sampler
             slot.text = TextStream(job.params.stop)
             slot.next_token, slot.made = -1, 0
             self._granted += 1
@@ -305,7 +310,10 @@ class BatchEngine:
 
     def _sample(self, slot: _Slot) -> None:
         job = slot.job
-        tok = slot.sampler.sample(self._ctx, slot.logits_at)
+        try:
+            tok = slot.sampler.sample(self._ctx, slot.logits_at)
+        except NoTokenAllowed as e:  # this sequence only: the others go on
+            return self._finish(slot, None, Failed(f"generation failed: {e}"))
         if llama_cpp.llama_vocab_is_eog(self._vocab, tok):
             return self._finish(slot, "stop")
         slot.made += 1
@@ -316,12 +324,16 @@ class BatchEngine:
             return self._finish(slot, "length")
         slot.next_token = tok
 
-    def _finish(self, slot: _Slot, reason: str) -> None:
-        """End the slot's job; its KV cells stay for prefix reuse by the next job."""
+    def _finish(self, slot: _Slot, reason: str | None, failed: Failed | None = None) -> None:
+        """End the slot's job (with `failed` instead of Done when given); its KV cells stay for
+        prefix reuse by the next job."""
         job = slot.job
-        if reason != "cancelled" and (tail := slot.text.flush()):
-            job.emit(Token(tail, FLUSH_TOKEN_ID))
-        job.emit(Done(reason, len(slot.prompt), slot.made, slot.cached))
+        if failed is not None:
+            job.emit(failed)
+        else:
+            if reason != "cancelled" and (tail := slot.text.flush()):
+                job.emit(Token(tail, FLUSH_TOKEN_ID))
+            job.emit(Done(reason, len(slot.prompt), slot.made, slot.cached))
         slot.sampler.close()
         slot.job, slot.sampler, slot.text, slot.prompt = None, None, None, []
         self._busy -= 1

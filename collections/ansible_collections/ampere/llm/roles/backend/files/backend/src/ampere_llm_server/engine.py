@@ -24,8 +24,11 @@ class SamplingParams:
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.1
+    frequency_penalty: float = 0.0   # OpenAI's: minus count x this, for tokens in the penalty window
+    presence_penalty: float = 0.0    # OpenAI's: minus this, for tokens in the penalty window
     seed: int | None = None          # None: a fresh random seed per request
     stop: tuple[str, ...] = ()       # generation ends *before* the first stop string; it is not emitted
+    grammar: str | None = None       # GBNF (grammar.py) every answer must follow; None: free text
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import schema
+from . import grammar, schema
 from .engine import Done, Engine, Failed, SamplingParams, Token
 from .metrics import Metrics
 from .scheduler import HEARTBEAT, Refused, Scheduler, Ticket
@@ -65,10 +65,71 @@ class Prepared:
     params: SamplingParams
 
 
+def chat_messages(messages: list[dict]) -> list[dict]:
+    """Validated messages -> what the chat template reads: {role, content[, name]}. Text parts are
+    joined with newlines in order (as llama-server does), developer is system, name is passed on
+    (a template that does not use it ignores it); what cannot be read is a 400 that says so."""
+    out = []
+    for i, m in enumerate(messages):
+        at = f"messages[{i}]"
+        if m["role"] in ("tool", "function"):
+            raise ApiError(400, "invalid_request", f"{at}.role: {m['role']} messages are not "
+                           "supported: this server does not call tools or functions")
+        content = m.get("content", m.get("refusal"))
+        if content is None:
+            raise ApiError(400, "invalid_request", f"{at}.content: is required")
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if part["type"] != "text":
+                    raise ApiError(400, "invalid_request", f"{at}.content[{j}]: a part of type "
+                                   f"{part['type']} cannot be read: this model takes text only "
+                                   "(send parts of type text)")
+                if part.get("text") is None:
+                    raise ApiError(400, "invalid_request", f"{at}.content[{j}].text: is required")
+                texts.append(part["text"])
+            content = "\n".join(texts)
+        msg = {"role": "system" if m["role"] == "developer" else m["role"], "content": content}
+        if m.get("name") is not None:
+            msg["name"] = m["name"]
+        out.append(msg)
+    return out
+
+
+def grammar_of(body: dict) -> str | None:
+    """The GBNF an answer must follow (response_format, or /generate's json_schema), or None."""
+    fmt, schema_ = body.get("response_format"), body.get("json_schema")
+    if fmt is not None and schema_ is not None:
+        raise ApiError(400, "invalid_request", "send one of json_schema or response_format")
+    if schema_ is not None:
+        where = "json_schema"
+    elif fmt is None or fmt["type"] == "text":
+        return None
+    elif fmt["type"] == "json_object":
+        where, schema_ = "response_format", grammar.JSON_OBJECT_SCHEMA
+    elif fmt.get("json_schema") is None:
+        raise ApiError(400, "invalid_request", "response_format.json_schema: is required with "
+                       "type json_schema")
+    else:
+        where = "response_format.json_schema.schema"
+        schema_ = fmt["json_schema"].get("schema", grammar.JSON_OBJECT_SCHEMA)
+    if body.get("stop"):
+        raise ApiError(400, "invalid_request", f"stop: not with {where.split('.')[0]}: a stop "
+                       "string could cut the JSON short (the grammar ends the answer when the "
+                       "JSON is complete)")
+    try:
+        return grammar.to_gbnf(schema_)
+    except grammar.Unsupported as e:
+        raise ApiError(400, "invalid_request", f"{where}: {e}")
+
+
 async def prepare(request: web.Request, body: dict, *, prompt: str | None = None,
                   messages: list | None = None, stop: tuple[str, ...] = ()) -> Prepared:
     """Prompt text or chat messages -> tokens (checked against the context) and sampling params."""
     engine = _open_engine(request)
+    if messages is not None:
+        messages = chat_messages(messages)
+    gbnf = await asyncio.to_thread(grammar_of, body)  # a large schema takes a moment
 
     def to_tokens() -> list[int]:
         text = engine.render_chat(messages) if messages is not None else prompt
@@ -90,8 +151,9 @@ async def prepare(request: web.Request, body: dict, *, prompt: str | None = None
                        f"prompt is {len(tokens)} tokens; the context holds {engine.n_ctx} "
                        "(prompt plus at least one generated token): shorten it")
     sampling = {k: body[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "min_p",
-                                     "repeat_penalty", "seed") if k in body}
-    params = SamplingParams(**sampling, stop=stop)
+                                     "repeat_penalty", "frequency_penalty", "presence_penalty",
+                                     "seed") if k in body}
+    params = SamplingParams(**sampling, stop=stop, grammar=gbnf)
     return Prepared(engine, tokens, params)
 
 

@@ -1,9 +1,11 @@
 """OpenAI-compatible routes (/v1/chat/completions, /v1/completions, /v1/models) on the same scheduler.
 
 Only the wire format differs from /generate: the same validation, admission, heartbeat and
-cancellation (generate.py) run underneath, so the official `openai` client, LangChain and curl
-scripts written for OpenAI work against a node unchanged. One model per node: the request's
-`model` is accepted and ignored, and replies name the model that actually answered.
+cancellation (generate.py) run underneath, so the official `openai` client, LangChain, LiteLLM
+and curl scripts written for OpenAI work against a node unchanged. One model per node: the
+request's `model` is accepted and ignored, and replies name the model that actually answered.
+Which OpenAI fields are implemented, accepted without effect, or refused unless harmless is
+declared with the bodies (schema.CHAT_COMPLETIONS, COMPLETIONS) and so in /openapi.json.
 """
 from __future__ import annotations
 
@@ -71,6 +73,8 @@ async def _complete(request: web.Request, body: dict, chat: bool) -> web.StreamR
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     if body.get("stream"):
+        if (body.get("stream_options") or {}).get("include_usage"):
+            common["usage"] = None  # as OpenAI: null in every chunk but the last
         # OpenAI opens a chat stream with the assistant role and no text
         first = [sse({**common, "choices": [choice("", None, first=True)]})] if chat else []
         resp = await open_sse(request, ticket, *first)
@@ -85,7 +89,7 @@ async def _complete(request: web.Request, body: dict, chat: bool) -> web.StreamR
             last = [sse({"error": {"type": "internal", "message": end.message}})]
         else:
             last = [sse({**common, "choices": [choice(None, end.finish_reason)]})]
-            if (body.get("stream_options") or {}).get("include_usage"):
+            if "usage" in common:
                 last.append(sse({**common, "choices": [], "usage": _usage(ticket)}))
         return await close_stream(request, resp, *last, b"data: [DONE]\n\n")
 
@@ -101,8 +105,8 @@ async def _complete(request: web.Request, body: dict, chat: bool) -> web.StreamR
         raise ApiError(500, "internal", end.message)
     text = "".join(parts)
     if chat:
-        out = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-               "finish_reason": end.finish_reason}
+        out = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+               "logprobs": None, "finish_reason": end.finish_reason}
     else:
         out = choice(text, end.finish_reason)
     return web.json_response({**common, "object": "chat.completion" if chat else "text_completion",

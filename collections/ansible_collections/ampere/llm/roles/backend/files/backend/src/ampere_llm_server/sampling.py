@@ -16,6 +16,14 @@ min-p, temperature, seeded draw) runs on it through `llama_sampler_apply`: the s
 the whole vocabulary, seed for seed, for a fraction of the work. The shortlist is in token-id
 order, as the whole vocabulary is, so greedy ties go to the same (lowest) id. A chain that looks
 at every token (`top_k` 0) gets all of them.
+
+A request with a grammar (structured output, grammar.py) gets the same answer as llama.cpp's
+grammar sampler run over the whole vocabulary before the chain: the grammar masks the shortlist
+first, and the shortlist is trusted only if at least `top_k` tokens it allows are among the best
+raw logits and outside `recent` (then no allowed token left out can make the top k). Otherwise,
+as when the model's favourites all break the grammar (a letter where only `"` or `}` may come),
+that step masks and samples the whole vocabulary. Both engines sample through this class, so
+the grammar is applied in one place; each sequence has its own grammar state.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import random
 import llama_cpp
 import numpy as np
 
+from . import grammar as grammar_mod
 from .engine import SamplingParams
 
 PENALTY_LAST_N = 64      # tokens the repeat penalty looks back on, as llama-cpp-python's Llama does
@@ -41,7 +50,8 @@ def make_chain(p: SamplingParams, n_vocab: int) -> ctypes.c_void_p:
     penalty, then greedy at temperature 0, else top-k, top-p, min-p, temperature, seeded draw."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
-    add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, p.repeat_penalty, 0.0, 0.0))
+    add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, p.repeat_penalty,
+                                               p.frequency_penalty, p.presence_penalty))
     if p.temperature <= 0:
         add(llama_cpp.llama_sampler_init_greedy())
     else:
@@ -54,18 +64,25 @@ def make_chain(p: SamplingParams, n_vocab: int) -> ctypes.c_void_p:
     return chain
 
 
-class Sampler:
-    """One request's chain and what it needs to pick from a shortlist. Not thread-safe: the
-    engine's worker thread owns it."""
+class NoTokenAllowed(RuntimeError):
+    """The grammar allows no token of the vocabulary here: the sequence cannot go on."""
 
-    def __init__(self, p: SamplingParams, n_vocab: int) -> None:
+
+class Sampler:
+    """One request's chain (and grammar state) and what it needs to pick from a shortlist. Not
+    thread-safe: the engine's worker thread owns it. `vocab` is needed only with a grammar."""
+
+    def __init__(self, p: SamplingParams, n_vocab: int, vocab=None) -> None:
+        self.grammar = grammar_mod.new_sampler(vocab, p.grammar) if p.grammar else None
         self.chain = make_chain(p, n_vocab)
         self._n_vocab = n_vocab
         keep = 1 if p.temperature <= 0 else p.top_k
         self._keep = keep if 0 < keep < n_vocab else 0          # 0: the chain sees every token
-        # penalty 1 is a no-op in llama.cpp: then no token can move and `recent` is not needed
+        # penalties that are no-ops in llama.cpp move no token: then `recent` is not needed
+        penalised = (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0
+                     or p.presence_penalty != 0.0)
         self._recent = (collections.deque(maxlen=PENALTY_LAST_N)
-                        if p.repeat_penalty != 1.0 and self._keep else None)
+                        if penalised and self._keep else None)
         self._buf = np.empty(n_vocab, dtype=TOKEN_DATA)     # a shortlist can be all of it
         self._data = self._buf.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
         self._cur = llama_cpp.llama_token_data_array(data=self._data, size=0, selected=-1, sorted=False)
@@ -84,17 +101,42 @@ class Sampler:
             ids = np.array([logits.argmax()])                   # argmax: the first (lowest) id
         else:
             ids = self._shortlist(logits, recent)
+        cur = self._fill(ids, logits)
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(cur))
+            if not self._grammar_kept_enough(ids, recent):
+                cur = self._fill(np.arange(self._n_vocab), logits)
+                llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(cur))
+            if np.isneginf(self._buf["logit"][:cur.size]).all():
+                raise NoTokenAllowed("the grammar allows no token here")
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(cur))
+        token = cur.data[cur.selected].id                       # as llama_sampler_sample reads it
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_accept(self.grammar, token)
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        if self._recent is not None:
+            self._recent.append(token)
+        return token
+
+    def _fill(self, ids: np.ndarray, logits: np.ndarray) -> llama_cpp.llama_token_data_array:
+        """The candidate array of these tokens with their logits."""
         buf = self._buf[:len(ids)]
         buf["id"], buf["logit"], buf["p"] = ids, logits[ids], 0.0
         cur = self._cur
         # samplers may point cur.data elsewhere (llama.h): set every field again
         cur.data, cur.size, cur.selected, cur.sorted = self._data, len(ids), -1, False
-        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(cur))
-        token = cur.data[cur.selected].id                       # as llama_sampler_sample reads it
-        llama_cpp.llama_sampler_accept(self.chain, token)
-        if self._recent is not None:
-            self._recent.append(token)
-        return token
+        return cur
+
+    def _grammar_kept_enough(self, ids: np.ndarray, recent: np.ndarray | None) -> bool:
+        """After the grammar masked the shortlist `ids`: is the chain's answer surely among them?
+        Every token outside `ids` has a raw logit below all non-recent tokens in it and no
+        penalty, so `keep` allowed non-recent tokens in `ids` are enough."""
+        allowed = ~np.isneginf(self._buf["logit"][:len(ids)])
+        if not self._keep:
+            return True                                         # ids is the whole vocabulary
+        if recent is not None:
+            allowed &= ~np.isin(ids, recent)
+        return int(allowed.sum()) >= self._keep
 
     def _shortlist(self, logits: np.ndarray, recent: np.ndarray | None) -> np.ndarray:
         """Token ids, ascending, holding the best `keep + len(recent)` logits and `recent`.
@@ -113,3 +155,5 @@ class Sampler:
 
     def close(self) -> None:
         llama_cpp.llama_sampler_free(self.chain)
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_free(self.grammar)

@@ -3,7 +3,8 @@
 The worker thread loads the model, then runs jobs one after the other. The token loop is
 Llama.generate(), so sampling parameters map 1:1 onto llama.cpp's sampler chain and the KV cache
 keeps the longest common prefix with the previous sequence (a chat's next turn skips re-reading
-the history). The prompt is evaluated in n_batch chunks by this module rather than inside
+the history). A request with a grammar (structured output) samples through sampling.Sampler
+instead, as BatchEngine does, so both engines constrain output with the same code. The prompt is evaluated in n_batch chunks by this module rather than inside
 generate(), so a cancelled job stops between chunks, and every generated token checks
 `Job.cancelled`: a client that goes away costs at most one more llama_decode.
 """
@@ -16,11 +17,12 @@ import random
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import llama_cpp
 
-from .engine import Done, Failed, Job, Token
+from .engine import Done, Failed, Job, SamplingParams, Token
+from .sampling import NoTokenAllowed, Sampler
 from .text import FLUSH_TOKEN_ID, TextStream, chat_renderer, token_bytes
 
 log = logging.getLogger("ampere_llm.engine")
@@ -95,28 +97,55 @@ class SingleEngine:
         if cached is None:
             job.emit(Done("cancelled", len(prompt), 0))
             return
-        llm.set_seed(p.seed if p.seed is not None else random.getrandbits(32))
+        if p.grammar is None:
+            llm.set_seed(p.seed if p.seed is not None else random.getrandbits(32))
+            tokens = llm.generate(prompt, temp=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                                  min_p=p.min_p, repeat_penalty=p.repeat_penalty,
+                                  frequency_penalty=p.frequency_penalty,
+                                  presence_penalty=p.presence_penalty, reset=True)
+        else:
+            tokens = self._constrained(prompt, p)
         text = TextStream(p.stop)
         made, finish = 0, "length"
-        for tok in llm.generate(prompt, temp=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                                min_p=p.min_p, repeat_penalty=p.repeat_penalty, reset=True):
-            if job.cancelled.is_set():
-                finish = "cancelled"
-                break
-            if llama_cpp.llama_vocab_is_eog(self._vocab, tok):
-                finish = "stop"
-                break
-            made += 1
-            job.emit(Token(text.push(token_bytes(self._vocab, tok)), tok))
-            if text.stopped:
-                finish = "stop"
-                break
-            # prompt + completion never exceed the context (the last token is not evaluated).
-            if made >= p.max_tokens or len(prompt) + made >= self.n_ctx:
-                break
+        try:
+            for tok in tokens:
+                if job.cancelled.is_set():
+                    finish = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(self._vocab, tok):
+                    finish = "stop"
+                    break
+                made += 1
+                job.emit(Token(text.push(token_bytes(self._vocab, tok)), tok))
+                if text.stopped:
+                    finish = "stop"
+                    break
+                # prompt + completion never exceed the context (the last token is not evaluated).
+                if made >= p.max_tokens or len(prompt) + made >= self.n_ctx:
+                    break
+        except NoTokenAllowed as e:
+            job.emit(Failed(f"generation failed: {e}"))
+            return
+        finally:
+            tokens.close()
         if finish != "cancelled" and (tail := text.flush()):
             job.emit(Token(tail, FLUSH_TOKEN_ID))
         job.emit(Done(finish, len(prompt), made, cached))
+
+    def _constrained(self, prompt: list[int], p: SamplingParams) -> Iterator[int]:
+        """Tokens under a grammar, sampled as BatchEngine samples them (sampling.Sampler: the
+        grammar is applied in one place). Evaluates the last prompt token, then each token
+        before the next is sampled; Llama's token record stays right for prefix reuse."""
+        llm = self._llm
+        sampler = Sampler(p, llm.n_vocab(), self._vocab)
+        try:
+            token = prompt[-1]
+            while True:
+                llm.eval([token])
+                token = sampler.sample(llm.ctx, -1)
+                yield token
+        finally:
+            sampler.close()
 
     def _prefill(self, prompt: list[int], job: Job) -> int | None:
         """Evaluate all but the last prompt token, reusing the cached prefix; None if cancelled.

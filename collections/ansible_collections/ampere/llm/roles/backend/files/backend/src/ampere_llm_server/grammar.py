@@ -1,0 +1,233 @@
+"""Structured output: `response_format` / `json_schema` -> a GBNF grammar for llama.cpp's grammar sampler.
+
+The conversion is llama-cpp-python's own (`llama_cpp.llama_grammar.SchemaConverter`, a port of
+llama.cpp's json-schema-to-grammar), with one rule changed and the schema checked first:
+
+- A JSON string may not hold raw control characters (json.loads refuses them; llama.cpp's
+  converter allows them, so a small model could write raw newlines into a string). Between
+  tokens the converter allows one optional space, nothing else: small models under a looser JSON
+  grammar fill max_tokens with whitespace, and this bound is what makes a constrained answer end.
+- The converter silently skips keywords it does not implement (`minimum`, `not`, `uniqueItems`,
+  ...) and, where several apply, keeps one branch (`enum` beside `properties`). An ignored
+  keyword could let through output the schema forbids, so `check` walks the schema the way the
+  converter does and refuses, with the keyword and where it is, anything that would be ignored.
+  Keywords that only annotate (`title`, `description`, `default`, `examples`, unknown ones, and
+  `format`, an annotation in JSON Schema 2020-12) are fine: ignoring them cannot make the answer
+  wrong. `date`, `time`, `date-time` and `uuid` formats are enforced.
+
+The sampler state itself (one per sequence) is `sampling.Sampler`'s: `new_sampler` makes it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import llama_cpp
+from llama_cpp.llama_grammar import BuiltinRule, SchemaConverter
+
+MAX_DEPTH = 32           # nesting of schemas inside schemas
+MAX_COUNT = 256          # minItems/maxItems/minLength/maxLength and {m,n} in patterns: the
+#                          converter spells repetitions out as nested groups, and llama.cpp's
+#                          grammar parser recurses once per group
+MAX_GRAMMAR = 256 * 1024  # characters of GBNF
+
+# A JSON string character (RFC 8259): anything but '"', '\\' and control characters, or an escape.
+_JSON_CHAR = BuiltinRule(r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})', [])
+
+# JSON Schema keywords that constrain a value (2020-12 and draft 7). A keyword in this set that
+# the converter would not enforce where it stands is refused; any other key only annotates.
+_CONSTRAINTS = frozenset({
+    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
+    "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems",
+    "maxContains", "minContains", "contains", "maxProperties", "minProperties", "required",
+    "dependentRequired", "dependentSchemas", "dependencies", "properties", "patternProperties",
+    "additionalProperties", "propertyNames", "items", "prefixItems", "additionalItems",
+    "unevaluatedItems", "unevaluatedProperties", "allOf", "anyOf", "oneOf", "not", "if", "then",
+    "else", "$ref", "$dynamicRef", "$recursiveRef", "contentSchema"})
+_TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "array"})
+_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4",
+                      "uuid5"})
+_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
+
+# What the JSON object mode produces: any JSON object.
+JSON_OBJECT_SCHEMA = {"type": "object"}
+
+
+class Unsupported(ValueError):
+    """The schema asks for something the grammar cannot enforce (a 400; the message says what)."""
+
+
+class _Converter(SchemaConverter):
+    def _add_primitive(self, name: str, rule: BuiltinRule):
+        return super()._add_primitive(name, _JSON_CHAR if name == "char" else rule)
+
+
+def to_gbnf(schema: Any) -> str:
+    """A JSON schema -> GBNF text whose every complete sentence is JSON that the schema accepts.
+    Raises Unsupported naming the first keyword (and where) that the grammar would not enforce."""
+    if not isinstance(schema, dict):
+        raise Unsupported("the schema must be a JSON object")
+    schema = _normalize(json.loads(json.dumps(schema)))  # a copy: the converter edits $ref too
+    check(schema)
+    converter = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    try:
+        resolved = converter.resolve_refs(schema, "schema")
+        converter.visit(resolved, "")
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise Unsupported(f"the schema cannot be turned into a grammar: {e}") from None
+    gbnf = converter.format_grammar()
+    if len(gbnf) > MAX_GRAMMAR:
+        raise Unsupported(f"the grammar made from this schema is over {MAX_GRAMMAR} characters")
+    sampler = new_sampler(None, gbnf)  # parsed once here, so a bad grammar is a 400, not a crash
+    llama_cpp.llama_sampler_free(sampler)
+    return gbnf
+
+
+def new_sampler(vocab, gbnf: str):
+    """llama.cpp's grammar sampler for `gbnf` (vocab None: only parse it). Raises Unsupported
+    when llama.cpp refuses the grammar (the reason is in the server's log)."""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    if not sampler:
+        raise Unsupported("llama.cpp could not parse the grammar made from this schema")
+    return sampler
+
+
+_ANY_VALUE = {"type": ["object", "array", "string", "number", "boolean", "null"]}
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")
+
+
+def _normalize(node: Any, depth: int = 0) -> Any:
+    """Two spellings the converter does not read, rewritten to ones it does: a schema with no
+    constraint at all (pydantic's `Any`: `{}` or only a title) -> any JSON value; `allOf` of one
+    schema and nothing else (older pydantic's way to describe a $ref) -> that schema."""
+    if not isinstance(node, dict) or depth > MAX_DEPTH:
+        return node                                 # check() reports what is wrong with it
+    for key in _SCHEMA_LISTS:
+        if isinstance(node.get(key), list):
+            node[key] = [_normalize(s, depth + 1) for s in node[key]]
+    for key in _SCHEMA_MAPS:
+        if isinstance(node.get(key), dict):
+            node[key] = {k: _normalize(s, depth + 1) for k, s in node[key].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            node[key] = _normalize(node[key], depth + 1)
+        elif key == "items" and isinstance(node.get(key), list):
+            node[key] = [_normalize(s, depth + 1) for s in node[key]]
+    constraints = set(node) & _CONSTRAINTS
+    if constraints == {"allOf"} and isinstance(node["allOf"], list) and len(node["allOf"]) == 1 \
+            and isinstance(node["allOf"][0], dict):
+        return {**{k: v for k, v in node.items() if k != "allOf"}, **node["allOf"][0]}
+    if not constraints:
+        return {**node, **_ANY_VALUE}
+    return node
+
+
+def check(schema: dict, path: str = "", depth: int = 0) -> None:
+    """Raise Unsupported for the first constraining keyword the converter would skip at `path`.
+
+    Mirrors SchemaConverter.visit: which branch a schema takes decides which keywords it enforces.
+    """
+    where = path or "the top level"
+    if depth > MAX_DEPTH:
+        raise Unsupported(f"nested more than {MAX_DEPTH} levels deep at {where}")
+    if not isinstance(schema, dict):
+        raise Unsupported(f"{where}: a schema must be a JSON object, got {json.dumps(schema)[:40]}")
+    kind = schema.get("type")
+    fmt = schema.get("format")
+
+    def sub(s: Any, name: str) -> None:
+        check(s, f"{path}.{name}" if path else name, depth + 1)
+
+    for defs in ("$defs", "definitions"):
+        for name, s in (schema.get(defs) or {}).items():
+            sub(s, f"{defs}.{name}")
+    if kind is not None and not (isinstance(kind, str) and kind in _TYPES) and not (
+            isinstance(kind, list) and kind and all(t in _TYPES for t in kind)):
+        raise Unsupported(f"{where}: type must be one of {', '.join(sorted(_TYPES))} "
+                          f"(or a list of them), got {json.dumps(kind)}")
+
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise Unsupported(f"{where}: only local $ref (#/...) is supported, got {ref!r}")
+        used = {"$ref"}
+    elif "oneOf" in schema or "anyOf" in schema:
+        # oneOf is generated as anyOf: an answer may match more than one alternative
+        key = "oneOf" if "oneOf" in schema else "anyOf"
+        alts = schema[key]
+        if not isinstance(alts, list) or not alts:
+            raise Unsupported(f"{where}: {key} must be a non-empty array of schemas")
+        for i, s in enumerate(alts):
+            sub(s, f"{key}[{i}]")
+        used = {key}
+    elif isinstance(kind, list):
+        used = {"type"}                         # each type with no other constraint
+    elif "const" in schema:
+        used = {"const", "type"}
+    elif "enum" in schema:
+        if not isinstance(schema["enum"], list) or not schema["enum"]:
+            raise Unsupported(f"{where}: enum must be a non-empty array")
+        used = {"enum", "type"}
+    elif kind in (None, "object") and ("properties" in schema or (
+            "additionalProperties" in schema and schema["additionalProperties"] is not True)):
+        props = schema.get("properties") or {}
+        if not isinstance(props, dict):
+            raise Unsupported(f"{where}: properties must be an object")
+        for name, s in props.items():
+            sub(s, f"properties.{name}")
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            sub(extra, "additionalProperties")
+        elif extra not in (None, False):
+            raise Unsupported(f"{where}: additionalProperties must be a boolean or a schema")
+        missing = [r for r in schema.get("required") or () if r not in props]
+        if missing:
+            raise Unsupported(f"{where}: required names {', '.join(map(str, missing))}, which "
+                              "properties does not define")
+        used = {"type", "properties", "required", "additionalProperties"}
+    elif kind in (None, "array") and ("items" in schema or "prefixItems" in schema):
+        items = schema.get("items") or schema.get("prefixItems")
+        if isinstance(items, list):             # a tuple: exactly these items, in this order
+            for i, s in enumerate(items):
+                sub(s, f"{'items' if 'items' in schema else 'prefixItems'}[{i}]")
+            used = {"type", "items" if "items" in schema else "prefixItems"}
+        else:
+            sub(items, "items")
+            _counts(schema, where, "minItems", "maxItems")
+            used = {"type", "items", "minItems", "maxItems"}
+    elif kind in (None, "string") and "pattern" in schema:
+        pattern = schema["pattern"]
+        if not isinstance(pattern, str) or not (pattern.startswith("^") and pattern.endswith("$")):
+            raise Unsupported(f"{where}: pattern must be anchored (start with ^ and end with $)")
+        for m in _QUANTIFIER.finditer(pattern):
+            if any(n and int(n) > MAX_COUNT for n in m.groups()):
+                raise Unsupported(f"{where}: pattern repeats more than {MAX_COUNT} times")
+        used = {"type", "pattern", "format"}
+    elif kind in (None, "string") and fmt in _FORMATS:
+        used = {"type", "format"}
+    elif kind == "string" and ("minLength" in schema or "maxLength" in schema):
+        _counts(schema, where, "minLength", "maxLength")
+        used = {"type", "minLength", "maxLength", "format"}
+    elif kind in ("object", None):
+        # any JSON object (an empty schema too: stricter than "any value", never wrong)
+        used = {"type"}
+    else:
+        used = {"type", "format"}               # a plain string, number, integer, boolean, null
+    ignored = sorted((set(schema) & _CONSTRAINTS) - used - {"format"})
+    if ignored:
+        raise Unsupported(f"{where}: keyword '{ignored[0]}' is not supported here (the grammar "
+                          "cannot enforce it)")
+
+
+def _counts(schema: dict, where: str, lo: str, hi: str) -> None:
+    for key in (lo, hi):
+        n = schema.get(key)
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+            raise Unsupported(f"{where}: {key} must be a non-negative integer")
+        if n is not None and n > MAX_COUNT:
+            raise Unsupported(f"{where}: {key} over {MAX_COUNT} is not supported")
+    if schema.get(hi) is not None and schema.get(lo, 0) > schema[hi]:
+        raise Unsupported(f"{where}: {lo} is above {hi}")
+
