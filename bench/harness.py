@@ -24,6 +24,9 @@ from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from sse import aiter_events  # noqa: E402  scripts/sse.py, the one SSE reader
+
 GREEDY = {"temperature": 0, "repeat_penalty": 1.0, "seed": 1}   # same sampling on both sides
 
 
@@ -50,25 +53,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def sse_events(resp: aiohttp.ClientResponse):
-    """(event, data) pairs of a text/event-stream, yielded the moment each event is complete."""
-    event, data = "message", []
-    async for raw in resp.content:
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
-        elif line.startswith(":"):
-            continue                                  # heartbeat comment
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip())
-    if data:
-        yield event, "\n".join(data)
 
 
 class Server:
@@ -142,10 +126,10 @@ class Server:
         async with session.post(self.url + path, json=body) as resp:
             if resp.status != 200:
                 raise BenchError(f"{self.label} answered {resp.status}: {(await resp.text())[:300]}")
-            async for event, raw in sse_events(resp):
-                if raw == "[DONE]":
+            async for event in aiter_events(resp):
+                if event.name == "comment" or event.data == "[DONE]":
                     continue
-                is_token, final = self.read_event(event, json.loads(raw))
+                is_token, final = self.read_event(event.name, event.json())
                 if is_token:
                     last = time.perf_counter()
                     first = first or last

@@ -4,11 +4,12 @@ The summary counts how many separate network reads carried token events: a strea
 buffered arrives in one lump, a real stream in many (molecule's verify asserts on it; `make demo`
 prints the answer live). Usage: stream_generate.py URL [PROMPT] [--json]
 """
-import codecs
 import http.client
 import json
 import sys
 from urllib.parse import urlsplit
+
+from sse import iter_reads
 
 args = [a for a in sys.argv[1:] if a != "--json"]
 as_json = "--json" in sys.argv
@@ -23,28 +24,15 @@ result = {"status": resp.status, "content_type": resp.getheader("Content-Type"),
           "done": None, "error": None}
 if resp.status != 200:
     result["error"] = resp.read().decode(errors="replace")
-# A character split across two reads must not become two replacement characters.
-decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-buffer, event = "", "message"
-while resp.status == 200 and (chunk := resp.read1(65536)):
-    had_token = False
-    buffer += decoder.decode(chunk)
-    while "\n" in buffer:
-        line, buffer = buffer.split("\n", 1)
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data = json.loads(line[5:])
-            if event == "message" and "token" in data:
-                result["tokens"].append(data["token"])
-                had_token = True
-                if not as_json:
-                    print(data["token"], end="", flush=True)
-            elif event in ("done", "error"):
-                result[event] = data
-        elif line == "":
-            event = "message"
-    result["reads_with_tokens"] += had_token
+for events in iter_reads(resp) if resp.status == 200 else ():
+    tokens = [e.json()["token"] for e in events if e.name == "message" and "token" in e.json()]
+    result["tokens"] += tokens
+    result["reads_with_tokens"] += bool(tokens)
+    if not as_json:
+        print("".join(tokens), end="", flush=True)
+    for e in events:
+        if e.name in ("done", "error"):
+            result[e.name] = e.json()
 result["text"] = "".join(result["tokens"])
 if as_json:
     print(json.dumps(result))
