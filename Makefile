@@ -24,7 +24,7 @@ export AMPERE_LLM_CACHE   := $(CACHE)
 export AMPERE_LLM_LLAMA_BIN := $(abspath $(LLAMA))/bin
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup deps venv llama test demo demo-down bench clean
+.PHONY: help setup deps venv llama test demo demo-down bench lock clean
 
 help:
 	@echo "make demo   - the pool on this machine: seed (site.yml) -> image -> 2 nodes -> HAProxy; prints the page URL (make demo-down removes it)"
@@ -69,14 +69,18 @@ $(LLAMA_BUILT): $(SRC)/.unpacked | deps
 
 # The bindings without a second llama.cpp compile (LLAMA_BUILD=OFF); they load the library
 # above through LLAMA_CPP_LIB_PATH, exported for every recipe.
+# The service's dependencies at the versions of the node's lock (its pins without the hashes, as
+# constraints): the tests run what the backend role installs.
+LOCK := collections/ansible_collections/ampere/llm/roles/backend/files/requirements.lock
 venv: $(VENV)/.ready
-$(VENV)/.ready: requirements-dev.txt collections/ansible_collections/ampere/llm/roles/backend/files/backend/pyproject.toml | $(LLAMA_BUILT)
+$(VENV)/.ready: requirements-dev.txt $(LOCK) collections/ansible_collections/ampere/llm/roles/backend/files/backend/pyproject.toml | $(LLAMA_BUILT)
 	@echo "==> python venv $(VENV)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -r requirements-dev.txt
+	awk '/^[a-z]/{sub(/ \\$$/, ""); print}' $(LOCK) > $(VENV)/lock-constraints.txt
+	$(PY) -m pip install -r requirements-dev.txt -c $(VENV)/lock-constraints.txt
 	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install --no-cache-dir --no-deps $(SDIST)
-	$(PY) -m pip install -e collections/ansible_collections/ampere/llm/roles/backend/files/backend
+	$(PY) -m pip install -e collections/ansible_collections/ampere/llm/roles/backend/files/backend -c $(VENV)/lock-constraints.txt
 	@touch $@
 
 test: setup
@@ -94,6 +98,16 @@ demo-down:
 BENCH_ARGS ?= --pool
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The node's Python dependencies, locked with every file's sha256 for every platform and Python
+# 3.10+ (uv's universal resolution): the service's pyproject, at the versions requirements-dev.txt
+# pins for the tests (Python 3.11 here), within each dependency's own range elsewhere. The backend
+# role installs exactly this file with `pip install --require-hashes`; tests/collection/test_lock.py
+# checks that the tests' venv runs these versions. Run it after changing either input.
+lock:
+	grep -Ev '^[[:space:]]*(#|$$)' requirements-dev.txt | sed 's/$$/ ; python_version >= "3.11"/' > $(CACHE)/tested-pins.txt
+	$(VENV)/bin/uv pip compile $(dir $(LOCK))backend/pyproject.toml --universal --python-version 3.10 \
+	  --generate-hashes --no-annotate --custom-compile-command "make lock" -c $(CACHE)/tested-pins.txt -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

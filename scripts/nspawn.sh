@@ -12,6 +12,8 @@
 #   --arch arm64 (before the command) makes an arm64 rootfs and container on an x86_64 machine: every
 #   arm64 program runs under qemu-user through binfmt_misc (qemu-user-static, binfmt-support; make deps).
 #   That is ~9x slower than native and only for proving the roles on aarch64 (molecule/arm64).
+#   --suite trixie (before the command) makes a Debian 13 rootfs instead of Debian 12 (bookworm, the
+#   default): the second OS release the roles are booted on (molecule/trixie).
 #
 # The container shares the host's network namespace (no bridge or NAT needed; apt and pip work),
 # so every server in it listens on 127.0.0.1 on a port of its own. The host's model and sdist
@@ -32,6 +34,7 @@ ccache
 MIRROR=${AMPERE_LLM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 HOST_ARCH=$(dpkg --print-architecture)
 ARCH=$HOST_ARCH
+SUITE=bookworm
 
 die() { echo "nspawn.sh: $*" >&2; exit 1; }
 
@@ -56,16 +59,16 @@ golden() {
   if foreign; then
     # The native key stays as it was, so existing golden copies keep being used.
     key=$(echo "$PACKAGES $MIRROR $ARCH" | md5sum | cut -c1-10)
-    dir=$CACHE/rootfs/bookworm-$ARCH-$key
+    dir=$CACHE/rootfs/$SUITE-$ARCH-$key
   else
     key=$(echo "$PACKAGES $MIRROR" | md5sum | cut -c1-10)
-    dir=$CACHE/rootfs/bookworm-$key
+    dir=$CACHE/rootfs/$SUITE-$key
   fi
   if [ ! -e "$dir/.complete" ]; then
     command -v debootstrap >/dev/null || die "debootstrap missing: make deps"
     rm -rf "$dir.tmp" && mkdir -p "$CACHE/rootfs"
-    echo "==> debootstrap Debian 12 $ARCH golden rootfs ($dir), ~3 min once ($([ "$ARCH" = "$HOST_ARCH" ] || echo 'emulated: ~10 min'))" >&2
-    debootstrap --arch="$ARCH" --variant=minbase --include="$PACKAGES" bookworm "$dir.tmp" "$MIRROR" >"$dir.log" 2>&1 \
+    echo "==> debootstrap Debian $SUITE $ARCH golden rootfs ($dir), ~3 min once ($([ "$ARCH" = "$HOST_ARCH" ] || echo 'emulated: ~10 min'))" >&2
+    debootstrap --arch="$ARCH" --variant=minbase --include="$PACKAGES" "$SUITE" "$dir.tmp" "$MIRROR" >"$dir.log" 2>&1 \
       || { tail -20 "$dir.log" >&2; die "debootstrap failed (log: $dir.log)"; }
     # A fresh host has no NGINX default site listening on *:80 of the (shared) network: the web
     # role owns port and site. Services start only when the role says so.
@@ -199,10 +202,11 @@ exec_in() {
   nsenter -t "$pid" -a "$@"
 }
 
-if [ "${1:-}" = --arch ]; then
-  [ -n "${2:-}" ] || die "--arch needs a Debian architecture (arm64)"
-  ARCH=$2; shift 2
-fi
+while [ "${1:-}" = --arch ] || [ "${1:-}" = --suite ]; do
+  [ -n "${2:-}" ] || die "$1 needs a value (--arch arm64, --suite trixie)"
+  case $1 in --arch) ARCH=$2 ;; --suite) SUITE=$2 ;; esac
+  shift 2
+done
 
 case ${1:-} in
   golden) golden ;;
@@ -210,5 +214,5 @@ case ${1:-} in
   down) [ $# -eq 2 ] || die "usage: down NAME"; down "$2" ;;
   boot) [ $# -ge 3 ] && [ $# -le 4 ] || die "usage: boot NAME IMAGE [NETNS]"; boot "$2" "$3" "${4:-}" ;;
   exec) [ $# -ge 3 ] || die "usage: exec NAME CMD..."; shift; exec_in "$@" ;;
-  *) die "usage: nspawn.sh [--arch arm64] golden | up NAME SSH_PORT PUBKEY | boot NAME IMAGE [NETNS] | down NAME | exec NAME CMD..." ;;
+  *) die "usage: nspawn.sh [--arch arm64] [--suite trixie] golden | up NAME SSH_PORT PUBKEY | boot NAME IMAGE [NETNS] | down NAME | exec NAME CMD..." ;;
 esac

@@ -12,6 +12,10 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: model_fetch
 short_description: Download a model file, verify its sha256, move it into place atomically
+author:
+  # The collection's maintainers have no GitHub handle to cite; "(!UNKNOWN)" is Ansible's form for that.
+  - ampere-llm maintainers (!UNKNOWN)
+version_added: "0.1.0"
 description:
   - Fetches from Hugging Face (huggingface_hub, honouring an endpoint such as a mirror), an http(s) URL
     or a file already on the host, verifies the sha256, then renames it into place and records the hash.
@@ -25,13 +29,49 @@ options:
   hf_file: {description: File in the repository for hf., type: str}
   hf_revision: {description: Pinned revision (commit) for hf., type: str}
   hf_endpoint: {description: Hub endpoint (HF_ENDPOINT); empty for huggingface.co., type: str, default: ""}
-  hf_token: {description: Token for gated or private repositories., type: str, default: "", no_log: true}
+  hf_token: {description: Token for gated or private repositories (never logged)., type: str, default: ""}
   url: {description: URL for the url source., type: str}
   src: {description: Path on the host for the file source., type: path}
   min_free_mb: {description: Free space to leave on the filesystem after the download., type: int, default: 1024}
   owner: {description: Owner of the file., type: str}
   group: {description: Group of the file., type: str}
   mode: {description: Mode of the file., type: raw, default: "0640"}
+"""
+
+EXAMPLES = r"""
+- name: A GGUF file from Hugging Face at a pinned commit, checked against its sha256
+  ampere.llm.model_fetch:
+    source: hf
+    hf_repo: TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF
+    hf_file: tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf
+    hf_revision: 52e7645ba7c309695bec7ac98f4f005b139cf465
+    sha256: 9fecc3b3cd76bba89d504f29b616eedf7da85b96540e490ca5824d3f7d2776a0
+    dest: /var/lib/ampere-llm/models/tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf
+    owner: root
+    group: ampere-llm
+  # huggingface_hub must be importable: run it with the Python of a venv that has it.
+  vars:
+    ansible_python_interpreter: /opt/ampere-llm/venv/bin/python
+
+- name: The same file from a mirror of your own, leaving 2 GiB free after the download
+  ampere.llm.model_fetch:
+    source: url
+    url: https://models.example.com/tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf
+    sha256: 9fecc3b3cd76bba89d504f29b616eedf7da85b96540e490ca5824d3f7d2776a0
+    dest: /var/lib/ampere-llm/models/tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf
+    min_free_mb: 2048
+
+- name: A file already on the host (shared storage, a disk baked into the image)
+  ampere.llm.model_fetch:
+    source: file
+    src: /mnt/models/SmolLM2-135M-Instruct.Q4_1.gguf
+    sha256: b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+    dest: /var/lib/ampere-llm/models/SmolLM2-135M-Instruct.Q4_1.gguf
+  register: model
+
+- name: Say whether this run fetched it
+  ansible.builtin.debug:
+    msg: "{{ model.path }} ({{ model.size }} bytes, sha256 {{ model.sha256 }}), fetched now: {{ model.fetched }}"
 """
 
 RETURN = r"""
