@@ -5,7 +5,22 @@ rsa-sha256, with the body headers on PUT/POST) against the test key, keeps resou
 real lifecycle transitions (PROVISIONING -> AVAILABLE/RUNNING, load balancer work requests,
 TERMINATING -> TERMINATED) and answers with JSON made by the SDK's own models and serializer, so
 the SDK parses it exactly as it parses OCI. It also plays the load balancer's health checks:
-a backend becomes OK `health_delay` seconds after its instance runs, unless its image is "bad".
+a backend has no health data for `health_delay` seconds after its instance runs (OCI's backend-set
+health then lists it nowhere; its own health is UNKNOWN), then turns OK, or CRITICAL if its image
+is "bad", or never gets data if its image is in `no_health_images`.
+
+And it says no the way OCI does:
+- instance pool launches are accepted at once and fail later, in the compute work request, with
+  OCI's text ("Out of host capacity.") when `host_capacity` launches are used up;
+- a mutation of a load balancer with a work request in progress, or of a pool that is scaling,
+  gets 409 (Conflict / IncorrectState); `interfere` makes that happen on purpose: before the
+  named operation runs, something else starts changing the same resource;
+- a principal whose policy lacks a family (`denied`) gets 404 NotAuthorizedOrNotFound;
+- creates honour opc-retry-token: the same token gets the first answer again, never a second
+  resource (`lose_answer` drops an answer once, as a network would, to make the SDK retry);
+- a backend set carries an etag and refuses a stale if-match with 412;
+- a pool with a pre-termination action drains a leaving node's backend and terminates it after
+  the timeout (scaled down to `pre_termination_wait` seconds).
 """
 from __future__ import annotations
 
@@ -29,8 +44,29 @@ from oci.autoscaling import models as asm
 from oci.core import models as cm
 from oci.identity import models as im
 from oci.load_balancer import models as lbm
+from oci.work_requests import models as wrm
 
 AD = "Uocm:STANDIN-AD-1"
+AD2 = "Uocm:STANDIN-AD-2"
+OUT_OF_CAPACITY = "Out of host capacity."
+
+
+def family(version, path):
+    """The IAM resource family a policy must grant for a request (None: every user may)."""
+    if version == "20170115":
+        return "load-balancers"
+    if version == "20181001":
+        return "auto-scaling-configurations"
+    if version == "20190729":
+        return "resource-availability"
+    top = path.split("/")[2]
+    if top in ("instanceConfigurations", "instancePools", "workRequests"):
+        return "compute-management-family"
+    if top in ("images", "instances", "shapes", "vnicAttachments"):
+        return "instance-family"
+    if top == "availabilityDomains":
+        return None
+    return "virtual-network-family"
 
 
 class ApiError(Exception):
@@ -58,7 +94,19 @@ class StandIn:
         self.public_key = serialization.load_pem_public_key(public_key_pem)
         self.delay, self.health_delay = delay, health_delay
         self.bad_images: set[str] = set()      # instances of these images never pass health checks
+        self.no_health_images: set[str] = set()  # ... and of these never get health data at all
         self.instance_limit = 100              # service limit on instances (400 LimitExceeded above)
+        self.host_capacity = 1000              # launches OCI can still place; then "Out of host capacity."
+        self.shapes = {AD: {"VM.Standard.A2.Flex", "VM.Standard.A1.Flex"}, AD2: {"VM.Standard.A1.Flex"}}
+        self.denied: set[str] = set()          # policy families this principal lacks (404 on their APIs)
+        self.interfere: dict[str, int] = {}    # handler name -> times another change starts just before it
+        self.lose_answer: set[str] = set()     # handler names whose next answer is lost (503 after doing it)
+        self.pre_termination_wait = 0.5        # seconds a pre-termination timeout lasts here
+        self.on_backend_set_read = None        # test hook: runs after a GET of a backend set
+        self.conflicts: list[tuple[str, str]] = []   # (method, path) answered 409
+        self.retry_tokens: dict[str, tuple] = {}     # opc-retry-token -> the first answer
+        self.creates_without_token: list[str] = []
+        self.core_limit = {"standard-a2-core-count": 200, "standard-a1-core-count": 200}  # per AD, cores
         self.lock = threading.RLock()
         self.res: dict[str, object] = {}       # OCID -> SDK model
         self.kind: dict[str, str] = {}         # OCID -> kind
@@ -70,7 +118,7 @@ class StandIn:
         # Each service's serializer: the SDK's own, so shapes and camelCase names are OCI's.
         self.ser = {v: c(config).base_client for v, c in {
             "20160918": oci.core.ComputeClient, "20170115": oci.load_balancer.LoadBalancerClient,
-            "20181001": oci.autoscaling.AutoScalingClient}.items()}
+            "20181001": oci.autoscaling.AutoScalingClient, "20190729": oci.limits.LimitsClient}.items()}
         self.ident = oci.identity.IdentityClient(config).base_client
         self.routes = [(m, re.compile(f"^/{v}{p}$"), h) for m, v, p, h in self._routes()]
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -198,23 +246,77 @@ class StandIn:
                 q = {k: v[0] for k, v in parse_qs(url.query).items()}
                 for m, rx, handler in self.routes:
                     if m == method and (match := rx.match(url.path)):
-                        self.requests.append((method, url.path))
-                        version = url.path.split("/")[1]
-                        ser = self.ident if url.path.endswith("/availabilityDomains") else self.ser[version]
-                        parse = lambda t: ser.deserialize_response_data(body, t)  # noqa: E731
-                        result = handler(q, parse, *map(unquote, match.groups()))
-                        status, model, extra = result if isinstance(result, tuple) else (200, result, {})
-                        self.record_serving()
-                        return status, None if model is None else ser.sanitize_for_serialization(model), extra
+                        return self._answer(method, url.path, q, headers, body, handler, match)
                 raise ApiError(404, "NotFound", f"the stand-in has no {method} {url.path}")
             except ApiError as e:
+                if e.status == 409:
+                    self.conflicts.append((method, urlsplit(raw_path).path))
                 return e.status, {"code": e.code, "message": e.message}, {}
+
+    def _answer(self, method, path, q, headers, body, handler, match):
+        self.requests.append((method, path))
+        version = path.split("/")[1]
+        if family(version, path) in self.denied:
+            raise ApiError(404, "NotAuthorizedOrNotFound", "Authorization failed or requested resource not found.")
+        name = getattr(handler, "__name__", "")
+        token = headers.get("opc-retry-token") if method == "POST" else None
+        if token and token in self.retry_tokens:  # a retried create: the first answer again
+            return self.retry_tokens[token]
+        if method == "POST" and "/actions/" not in path and not token:
+            self.creates_without_token.append(path)
+        if self.interfere.get(name):
+            self.interfere[name] -= 1
+            self._interfere(*map(unquote, match.groups()))
+        ser = self.ident if path.endswith("/availabilityDomains") else self.ser[version]
+        parse = lambda t: ser.deserialize_response_data(body, t)  # noqa: E731
+        self.headers = headers
+        result = handler(q, parse, *map(unquote, match.groups()))
+        status, model, extra = result if isinstance(result, tuple) else (200, result, {})
+        self.record_serving()
+        answer = status, None if model is None else ser.sanitize_for_serialization(model), extra
+        if token:
+            self.retry_tokens[token] = answer
+        if name in self.lose_answer:  # done, but the answer never arrives: the client must retry
+            self.lose_answer.discard(name)
+            raise ApiError(503, "ServiceUnavailable", "the answer was lost on the way")
+        return answer
+
+    def _interfere(self, rid, *_):
+        """Something else starts changing `rid` right now (the pool scales, the balancer runs another
+        work request), as autoscaling or a colleague in the console would: OCI answers 409 until done."""
+        if self.kind.get(rid) == "LoadBalancer":
+            self.work(self.res[rid], "UpdateLoadBalancer", lambda: None, delay=self.delay * 3)
+        elif self.kind.get(rid) == "InstancePool":
+            pool = self.res[rid]
+            pool.lifecycle_state = "SCALING"
+            self.later(lambda: setattr(pool, "lifecycle_state", "RUNNING"), delay=self.delay * 3)
+
+    def _lb_idle(self, lb):
+        busy = [w for w in self.of("WorkRequest") if w.load_balancer_id == lb.id and w.lifecycle_state == "IN_PROGRESS"]
+        if busy:
+            raise ApiError(409, "Conflict", f"Load balancer {lb.id} has work request {busy[0].id} in progress; "
+                                            f"only one change at a time")
+
+    def _pool_idle(self, pool):
+        if pool.lifecycle_state != "RUNNING":
+            raise ApiError(409, "IncorrectState", f"Instance pool {pool.id} is {pool.lifecycle_state}; "
+                                                  f"it can be changed when it is RUNNING")
 
     def _routes(self):
         core, lb, asc = "20160918", "20170115", "20181001"
         return [
+            ("GET", "20190729", "/services/compute/limits/([^/]+)/resourceAvailability", self.resource_availability),
             ("GET", core, "/availabilityDomains", lambda q, p: [im.AvailabilityDomain(
-                name=AD, id="ocid1.availabilitydomain.oc1.standin", compartment_id=q.get("compartmentId"))]),
+                name=ad, id=f"ocid1.availabilitydomain.oc1.standin{n}", compartment_id=q.get("compartmentId"))
+                for n, ad in enumerate(self.shapes)]),
+            ("GET", core, "/shapes", lambda q, p: [cm.Shape(shape=s) for s in sorted(
+                self.shapes.get(q.get("availabilityDomain"), set()) if q.get("availabilityDomain")
+                else set().union(*self.shapes.values()))]),
+            ("GET", core, "/workRequests/([^/]+)", lambda q, p, i: self.get(i, "ComputeWorkRequest")),
+            ("GET", core, "/workRequests/([^/]+)/errors", lambda q, p, i: self.get(i, "ComputeWorkRequest")._errors),
+            ("GET", core, "/workRequests", lambda q, p: [
+                w for w in self.of("ComputeWorkRequest") if w.compartment_id == q.get("compartmentId")
+                and (not q.get("resourceId") or any(r.identifier == q["resourceId"] for r in w.resources))]),
             *self._simple_routes(core),
             ("POST", core, "/images", self.create_image),
             ("GET", core, "/images", lambda q, p: self.of_kind("Image", q, display_name="displayName")),
@@ -244,6 +346,14 @@ class StandIn:
             ("PUT", lb, "/loadBalancers/([^/]+)/listeners/([^/]+)", self.update_listener),
             ("PUT", lb, "/loadBalancers/([^/]+)/backendSets/([^/]+)", self.update_backend_set),
             ("GET", lb, "/loadBalancers/([^/]+)/backendSets/([^/]+)/health", self.backend_set_health),
+            ("GET", lb, "/loadBalancers/([^/]+)/backendSets/([^/]+)", self.get_backend_set),
+            ("GET", lb, "/loadBalancers/([^/]+)/backendSets/([^/]+)/backends/([^/]+)/health", self.backend_health_of),
+            ("POST", lb, "/loadBalancers/([^/]+)/certificates", self.create_certificate),
+            ("GET", lb, "/loadBalancers/([^/]+)/certificates", lambda q, p, i: list(
+                self.get(i, "LoadBalancer").certificates.values())),
+            ("POST", lb, "/loadBalancers/([^/]+)/ruleSets", self.create_rule_set),
+            ("PUT", lb, "/loadBalancers/([^/]+)/ruleSets/([^/]+)", self.update_rule_set),
+            ("POST", lb, "/loadBalancers/([^/]+)/listeners", self.create_listener),
             ("PUT", lb, "/loadBalancers/([^/]+)/backendSets/([^/]+)/backends/([^/]+)", self.update_backend),
             ("POST", asc, "/autoScalingConfigurations", self.create_autoscaling),
             ("GET", asc, "/autoScalingConfigurations", lambda q, p: [
@@ -342,9 +452,8 @@ class StandIn:
                 return
             inst.lifecycle_state, inst._running_since = "RUNNING", time.monotonic()
             for att in (pool.load_balancers if pool else []):  # the pool registers its instances
-                bs = self.get(att.load_balancer_id, "LoadBalancer").backend_sets[att.backend_set_name]
-                bs.backends.append(lbm.Backend(name=f"{inst._ip}:{att.port}", ip_address=inst._ip, port=att.port,
-                                               weight=1, drain=False, backup=False, offline=False))
+                self.register(self.get(att.load_balancer_id, "LoadBalancer").backend_sets[att.backend_set_name],
+                              inst._ip, att.port)
         self.later(running)
         return inst
 
@@ -352,23 +461,62 @@ class StandIn:
         return [r for i, r in self.res.items() if self.kind[i] == "Instance" and r._pool == pool.id
                 and r.lifecycle_state not in ("TERMINATING", "TERMINATED")]
 
+    def _leave(self, pool, inst):
+        """A node the pool itself removes (scale-in, pool termination). With a pre-termination action
+        it leaves the pool at once, its backend is drained, and it terminates after the timeout."""
+        pre = getattr(getattr(getattr(pool, "lifecycle_management", None), "lifecycle_actions", None),
+                      "pre_termination", None)
+        if not (pre and pre.is_enabled):
+            return self._terminate(inst)
+        inst._pool = None
+        self.events.append((time.monotonic(), "pre-termination", inst._ip))
+        for lb in self.of("LoadBalancer"):
+            for bs in lb.backend_sets.values():
+                for b in bs.backends:
+                    if b.ip_address == inst._ip:
+                        b.drain = True
+        self.later(lambda: self._terminate(inst), delay=min(pre.timeout, self.pre_termination_wait))
+
     def _terminate(self, inst):
+        self.events.append((time.monotonic(), "terminate", inst._ip))
         inst.lifecycle_state, inst._pool = "TERMINATING", None
         for lb in [r for i, r in self.res.items() if self.kind[i] == "LoadBalancer"]:
             for bs in lb.backend_sets.values():
                 bs.backends = [b for b in bs.backends if b.ip_address != inst._ip]
         self.later(lambda: setattr(inst, "lifecycle_state", "TERMINATED"))
 
-    def _resize(self, pool):
+    def _resize(self, pool, operation):
+        """Launch or remove nodes to reach pool.size, as a compute work request: accepted now, done
+        (or FAILED with OCI's error, the pool short of its size) a moment later."""
         have = self._pool_instances(pool)
         cfg = self.get(pool.instance_configuration_id, "InstanceConfiguration")
         image = cfg.instance_details.launch_details.source_details.image_id
-        for k in range(pool.size - len(have)):
+        wr = self.new_id("ComputeWorkRequest", wrm.WorkRequest(
+            operation_type=operation, status="ACCEPTED", compartment_id=pool.compartment_id, time_accepted=now(),
+            percent_complete=0.0, resources=[wrm.WorkRequestResource(
+                action_type="IN_PROGRESS", entity_type="instancePool", identifier=pool.id)]))
+        wr._errors = []
+        wanted = max(0, pool.size - len(have))
+        for k in range(min(wanted, self.host_capacity)):
+            self.host_capacity -= 1
             self._launch(pool.compartment_id, image, f"inst-{uuid.uuid4().hex[:5]}", pool, pool.placement_configurations[0])
-        for inst in have[pool.size:]:
-            self._terminate(inst)
+        for inst in sorted(have, key=lambda i: i.time_created, reverse=True)[:max(0, len(have) - pool.size)]:
+            self._leave(pool, inst)
+        launched = len(self._pool_instances(pool)) - len(have) if wanted else 0
+        failed = wanted - launched
         pool.lifecycle_state = "SCALING" if pool.lifecycle_state == "RUNNING" else pool.lifecycle_state
-        self.later(lambda: setattr(pool, "lifecycle_state", "RUNNING"))
+        wr.status = "IN_PROGRESS"
+
+        def done():
+            pool.lifecycle_state = "RUNNING"
+            wr.time_finished, wr.percent_complete = now(), 100.0
+            if failed:
+                wr.status = "FAILED"
+                wr._errors = [wrm.WorkRequestError(code="InternalError", message=OUT_OF_CAPACITY, timestamp=now())]
+            else:
+                wr.status = "SUCCEEDED"
+        self.later(done, delay=self.delay * 2)
+        return {"opc-work-request-id": wr.id}
 
     def _check_limit(self, extra):
         used = len([r for i, r in self.res.items() if self.kind[i] == "Instance" and r._pool
@@ -392,24 +540,28 @@ class StandIn:
             self.get(a.load_balancer_id, "LoadBalancer")
             pool.load_balancers.append(build(cm.InstancePoolLoadBalancerAttachment, a, id=f"att-{uuid.uuid4().hex[:8]}",
                                              instance_pool_id=pool.id, lifecycle_state="ATTACHED"))
-        self._resize(pool)
-        return pool
+        return 200, pool, self._resize(pool, "CreateInstancePool")
 
     def update_instance_pool(self, q, parse, pid):
         pool, d = self.get(pid, "InstancePool"), parse("UpdateInstancePoolDetails")
+        self._pool_idle(pool)
         if d.instance_configuration_id:
             self.get(d.instance_configuration_id, "InstanceConfiguration")
             pool.instance_configuration_id = d.instance_configuration_id
-        if d.size is not None and d.size != pool.size:
+        if d.lifecycle_management is not None:
+            pool.lifecycle_management = d.lifecycle_management
+        extra = {}
+        if d.size is not None and (d.size != pool.size or d.size != len(self._pool_instances(pool))):
             self._check_limit(max(0, d.size - len(self._pool_instances(pool))))
             pool.size = d.size
-            self._resize(pool)
-        return pool
+            extra = self._resize(pool, "UpdateInstancePool")
+        return 200, pool, extra
 
     def terminate_pool(self, q, parse, pid):
         pool = self.get(pid, "InstancePool")
+        self._pool_idle(pool)
         for inst in self._pool_instances(pool):
-            self._terminate(inst)
+            self._leave(pool, inst)
         pool.lifecycle_state = "TERMINATING"
         self.later(lambda: setattr(pool, "lifecycle_state", "TERMINATED"))
         return 204, None, {}
@@ -432,6 +584,7 @@ class StandIn:
         inst = self.get(d.instance_id, "Instance")
         if inst._pool != pool.id:
             raise ApiError(400, "InvalidParameter", f"instance {inst.id} is not in pool {pool.id}")
+        self._pool_idle(pool)
         self.events.append((time.monotonic(), "detach", inst._ip))
         if d.is_decrement_size:
             pool.size -= 1
@@ -440,8 +593,9 @@ class StandIn:
         return 202, None, {"opc-work-request-id": f"ocid1.workrequest.oc1.standin.{uuid.uuid4().hex[:12]}"}
 
     # ---- load balancer ---------------------------------------------------------------------
-    def work(self, lb, kind, apply):
-        """LB changes happen asynchronously: a work request that succeeds after `delay`."""
+    def work(self, lb, kind, apply, delay=None):
+        """LB changes happen asynchronously: a work request that succeeds after `delay`. One at a
+        time: a second change while one is IN_PROGRESS gets 409, as on OCI."""
         wr = self.new_id("WorkRequest", lbm.WorkRequest(load_balancer_id=lb.id, type=kind, compartment_id=lb.compartment_id,
                                                          lifecycle_state="IN_PROGRESS", message="", time_accepted=now(),
                                                          error_details=[]))
@@ -449,7 +603,7 @@ class StandIn:
         def done():
             apply()
             wr.lifecycle_state, wr.time_finished = "SUCCEEDED", now()
-        self.later(done)
+        self.later(done, delay)
         return 204, None, {"opc-work-request-id": wr.id}
 
     def create_lb(self, q, parse):
@@ -459,30 +613,89 @@ class StandIn:
         listeners = {n: build(lbm.Listener, x, name=n) for n, x in (d.listeners or {}).items()}
         sets = {n: build(lbm.BackendSet, x, name=n, backends=[], health_checker=build(lbm.HealthChecker, x.health_checker))
                 for n, x in (d.backend_sets or {}).items()}
+        for bs in sets.values():
+            bs._etag = 1
         lb = self.new_id("LoadBalancer", build(lbm.LoadBalancer, d, listeners=listeners, backend_sets=sets,
+                                               certificates={}, rule_sets={},
                                                lifecycle_state="CREATING", time_created=now(),
                                                ip_addresses=[lbm.IpAddress(ip_address="203.0.113.10", is_public=True)]))
         return self.work(lb, "CreateLoadBalancer", lambda: setattr(lb, "lifecycle_state", "ACTIVE"))
 
     def delete_lb(self, q, parse, lid):
         lb = self.get(lid, "LoadBalancer")
+        self._lb_idle(lb)
         lb.lifecycle_state = "DELETING"
         return self.work(lb, "DeleteLoadBalancer", lambda: setattr(lb, "lifecycle_state", "DELETED"))
 
     def update_listener(self, q, parse, lid, name):
         lb, d = self.get(lid, "LoadBalancer"), parse("UpdateListenerDetails")
-        return self.work(lb, "UpdateListener", lambda: lb.listeners.__setitem__(name, build(lbm.Listener, d, name=name)))
+        self._lb_idle(lb)
+        return self.work(lb, "UpdateListener", lambda: lb.listeners.__setitem__(name, self._listener(d, name)))
+
+    def _listener(self, d, name):
+        ssl = build(lbm.SSLConfiguration, d.ssl_configuration) if d.ssl_configuration else None
+        return build(lbm.Listener, d, name=name, ssl_configuration=ssl)
+
+    def create_listener(self, q, parse, lid):
+        lb, d = self.get(lid, "LoadBalancer"), parse("CreateListenerDetails")
+        self._lb_idle(lb)
+        if d.name in lb.listeners:
+            raise ApiError(409, "Conflict", f"listener {d.name} exists")
+        if d.ssl_configuration:
+            ssl = d.ssl_configuration
+            if not (ssl.certificate_ids or ssl.certificate_name in lb.certificates):
+                raise ApiError(400, "InvalidParameter", "ssl_configuration names no certificate this LB has")
+        return self.work(lb, "CreateListener", lambda: lb.listeners.__setitem__(d.name, self._listener(d, d.name)))
+
+    def create_certificate(self, q, parse, lid):
+        lb, d = self.get(lid, "LoadBalancer"), parse("CreateCertificateDetails")
+        self._lb_idle(lb)
+        if "BEGIN CERTIFICATE" not in (d.public_certificate or "") or "PRIVATE KEY" not in (d.private_key or ""):
+            raise ApiError(400, "InvalidParameter", "public_certificate and private_key must be PEM")
+        return self.work(lb, "CreateCertificate", lambda: lb.certificates.__setitem__(d.certificate_name, lbm.Certificate(
+            certificate_name=d.certificate_name, public_certificate=d.public_certificate, ca_certificate=d.ca_certificate)))
+
+    def create_rule_set(self, q, parse, lid):
+        lb, d = self.get(lid, "LoadBalancer"), parse("CreateRuleSetDetails")
+        self._lb_idle(lb)
+        return self.work(lb, "CreateRuleSet", lambda: lb.rule_sets.__setitem__(d.name, lbm.RuleSet(name=d.name, items=d.items)))
+
+    def update_rule_set(self, q, parse, lid, name):
+        lb, d = self.get(lid, "LoadBalancer"), parse("UpdateRuleSetDetails")
+        self._lb_idle(lb)
+        return self.work(lb, "UpdateRuleSet", lambda: lb.rule_sets.__setitem__(name, lbm.RuleSet(name=name, items=d.items)))
+
+    def get_backend_set(self, q, parse, lid, name):
+        bs = self.get(lid, "LoadBalancer").backend_sets[name]
+        answer = 200, bs, {"etag": str(bs._etag)}
+        if self.on_backend_set_read:  # e.g. the pool registers a node right after this read
+            hook, self.on_backend_set_read = self.on_backend_set_read, None
+            hook(bs)
+        return answer
+
+    def register(self, bs, ip, port):
+        """A backend joins (the pool registers a node): a new etag, no health data yet."""
+        bs.backends.append(lbm.Backend(name=f"{ip}:{port}", ip_address=ip, port=port, weight=1, drain=False,
+                                       backup=False, offline=False))
+        bs._etag += 1
 
     def update_backend_set(self, q, parse, lid, name):
         lb, d = self.get(lid, "LoadBalancer"), parse("UpdateBackendSetDetails")
+        self._lb_idle(lb)
         bs = lb.backend_sets[name]
+        if self.headers.get("if-match") not in (None, str(bs._etag)):
+            raise ApiError(412, "NoEtagMatch", f"backend set {name} changed since etag {self.headers['if-match']}")
 
         def apply():
+            # Like OCI: `backends` REPLACES the whole list.
             bs.policy, bs.health_checker = d.policy, build(lbm.HealthChecker, d.health_checker)
+            bs.backends = [build(lbm.Backend, b, name=f"{b.ip_address}:{b.port}") for b in d.backends or []]
+            bs._etag += 1
         return self.work(lb, "UpdateBackendSet", apply)
 
     def update_backend(self, q, parse, lid, bs_name, name):
         lb, d = self.get(lid, "LoadBalancer"), parse("UpdateBackendDetails")
+        self._lb_idle(lb)
         backend = next((b for b in lb.backend_sets[bs_name].backends if b.name == name), None)
         if backend is None:
             raise ApiError(404, "NotFound", f"backend {name} not in {bs_name}")
@@ -494,16 +707,25 @@ class StandIn:
         return self.work(lb, "UpdateBackend", apply)
 
     def _health(self, backend):
+        """OK / CRITICAL, or None while the balancer has no health data for it yet."""
         inst = next((r for i, r in self.res.items() if self.kind[i] == "Instance" and r._ip == backend.ip_address), None)
-        if inst is None or inst._running_since is None:
-            return "UNKNOWN"
-        ok = (inst.image_id not in self.bad_images and inst.lifecycle_state == "RUNNING"
-              and time.monotonic() - inst._running_since >= self.health_delay)
+        if inst is None or inst._running_since is None or inst.image_id in self.no_health_images \
+                or time.monotonic() - inst._running_since < self.health_delay:
+            return None
+        ok = inst.image_id not in self.bad_images and inst.lifecycle_state == "RUNNING"
         return "OK" if ok else "CRITICAL"
 
+    def backend_health_of(self, q, parse, lid, bs_name, name):
+        bs = self.get(lid, "LoadBalancer").backend_sets[bs_name]
+        backend = next((b for b in bs.backends if b.name == name), None)
+        if backend is None:
+            raise ApiError(404, "NotFound", f"backend {name} not in {bs_name}")
+        return lbm.BackendHealth(status=self._health(backend) or "UNKNOWN", health_check_results=[])
+
     def backend_set_health(self, q, parse, lid, name):
+        """Like OCI: only critical/warning/unknown backends are NAMED; one without data is in no list."""
         backends = self.get(lid, "LoadBalancer").backend_sets[name].backends
-        states = {b.name: self._health(b) for b in backends}
+        states = {b.name: self._health(b) for b in backends if self._health(b)}
         pick = lambda s: sorted(n for n, v in states.items() if v == s)  # noqa: E731
         status = "OK" if states and all(v == "OK" for v in states.values()) else (
             "CRITICAL" if not states or all(v == "CRITICAL" for v in states.values()) else "WARNING")
@@ -516,6 +738,14 @@ class StandIn:
                 n = len([b for b in bs.backends if not b.drain and self._health(b) == "OK"])
                 if not self.serving_log or self.serving_log[-1][1] != n:
                     self.serving_log.append((time.monotonic(), n))
+
+    def resource_availability(self, q, parse, name):
+        from oci.limits.models import ResourceAvailability
+        if name not in self.core_limit:
+            raise ApiError(404, "NotFound", f"no limit {name}")
+        used = sum(2 for i in self.of("Instance") if i.lifecycle_state not in ("TERMINATING", "TERMINATED")
+                   and i.availability_domain == q.get("availabilityDomain")) * 2
+        return ResourceAvailability(used=used, available=max(0, self.core_limit[name] - used))
 
     # ---- autoscaling ---------------------------------------------------------------------------
     def create_autoscaling(self, q, parse):

@@ -40,7 +40,8 @@ def test_pool_check_mode_then_create_then_nothing_to_change(standin, ansible):
     (lb_egress,) = {sl.display_name: sl for sl in standin.of("SecurityList")}["ampere-llm-lb-sl"].egress_security_rules
     assert (lb_egress.destination, lb_egress.tcp_options.destination_port_range.max) == ("10.0.1.0/24", 80)
     cost = task_results(out, "Monthly cost estimate (list prices; override price_* for yours)")["msg"]
-    assert (cost["per_node_usd"], cost["load_balancer_usd"], cost["at_min_size_usd"]) == ("14.40", "20.88", "49.68")
+    # 2 OCPU x $0.01 + 16 GB x $0.0015 per hour, 720 h: memory is more than half of a node's bill.
+    assert (cost["per_node_usd"], cost["load_balancer_usd"], cost["at_min_size_usd"]) == ("31.68", "20.88", "84.24")
     assert "http://203.0.113.10/" in task_results(out, "The pool's URL")["msg"]
     (asc,) = standin.of("AutoScalingConfiguration")
     assert (asc.policies[0].capacity.min, asc.policies[0].capacity.max, asc.is_enabled) == (2, 4, True)
@@ -150,7 +151,7 @@ def test_rejected_signature_is_a_clear_auth_error_without_secrets(standin, ansib
     rc, out, log = ansible(PLAYBOOKS / "pool.yml", {"image_id": "ocid1.image.oc1..x"},
                            env_extra={"OCI_CONFIG_FILE": str(tmp_path / "config")})
     assert rc != 0
-    msg = task_results(out, "Network (VCN, gateway, routes, subnets, security lists)")["msg"]
+    msg = task_results(out, "Rights, availability domain, shape and limits (reads only)")["msg"]
     assert "401 NotAuthenticated" in msg and "fingerprint" in msg, msg
     assert standin.mutations() == []
     for secret in ("PRIVATE KEY", oci_key["private_pem"].decode().splitlines()[1][:40]):

@@ -42,6 +42,10 @@ class FakePool:
         self.log.append(("drain", node.id))
         self.lowest_serving = min(self.lowest_serving, self.serving())
 
+    def undrain(self, node):
+        del self.drained[node.id]
+        self.log.append(("undrain", node.id))
+
     def in_flight(self, node):
         return 0 if self.clock() - self.drained[node.id] >= self.busy_for else 1
 
@@ -113,6 +117,43 @@ def test_unhealthy_new_nodes_are_rolled_back_and_old_ones_keep_serving():
     assert pool.template == "img-1"
     assert [e["action"] for e in err.value.events][-1] == "rollback"
     assert clock.now >= 120
+
+
+def test_a_failure_after_draining_undoes_the_batch_and_keeps_completed_ones():
+    """Batch 2's removal fails (an API error after its old node was drained): batch 2's new node goes,
+    its old node serves again, batch 1 (done) stays, future nodes use the old image."""
+    clock = Clock()
+    pool = FakePool(clock, old=2)
+    real_remove = pool.remove
+
+    def remove(node):
+        if node.id == "old1":
+            raise RuntimeError("409 Conflict after every retry")
+        real_remove(node)
+    pool.remove = remove
+    with pytest.raises(RolloutFailed, match="409 Conflict after every retry: rolled back") as err:
+        roll(pool, clock, batch_size=1)
+    assert sorted(n.id for n in pool.nodes()) == ["new1", "old1"]
+    assert "old1" not in pool.drained, "the drained old node serves again"
+    assert pool.template == "img-1"
+    assert [e["action"] for e in err.value.events][-3:] == ["remove", "undrain", "rollback"]
+
+
+def test_a_grow_that_fails_removes_what_it_launched():
+    """The pool accepted the grow, launched one of two nodes, then failed (no capacity): the launched
+    one is removed, nothing was drained, the template is back."""
+    clock = Clock()
+    pool = FakePool(clock, old=2)
+    real_grow = pool.grow
+
+    def grow(image, count):
+        real_grow(image, 1)
+        raise RuntimeError("Out of host capacity.")
+    pool.grow = grow
+    with pytest.raises(RolloutFailed, match="Out of host capacity.: rolled back"):
+        roll(pool, clock)
+    assert sorted(n.id for n in pool.nodes()) == ["old0", "old1"]
+    assert pool.drained == {} and pool.template == "img-1"
 
 
 def test_nothing_to_do_when_every_node_runs_the_image():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 
 try:
     import oci
@@ -97,15 +98,32 @@ class Oci:
                                f"{type(e).__name__}") from None
 
     def client(self, cls):
-        """One client per SDK class; the endpoint override is for the tests' local stand-in only."""
+        """One client per SDK class, each with the retry strategy; the endpoint override is for the
+        tests' local stand-in only."""
         if cls not in self._clients:
-            kw = {"retry_strategy": oci.retry.NoneRetryStrategy()}  # call() retries what is worth it
+            kw = {"retry_strategy": self.retry_strategy}
             if self.signer is not None:
                 kw["signer"] = self.signer
             if self.params.get("endpoint"):
                 kw["service_endpoint"] = self.params["endpoint"]
             self._clients[cls] = cls(self.config, **kw)
         return self._clients[cls]
+
+    @property
+    def retry_strategy(self):
+        """The SDK's own retry strategy (DEFAULT_RETRY_STRATEGY's settings: 8 attempts within 600 s,
+        exponential back-off with jitter, timeouts, connection errors, 429 and every 5xx but 501),
+        retrying 409 Conflict too: OCI answers it, like IncorrectState, while a load balancer runs
+        another work request or a pool is scaling. Creates are safe to retry: call() sends each one
+        with an opc-retry-token, so a create retried after a lost answer never makes a second resource.
+        The back-off base is 1 s as in the SDK, shorter only when poll_interval is (the tests)."""
+        base = min(1.0, self.poll)
+        return oci.retry.RetryStrategyBuilder(
+            retry_base_sleep_time_seconds=base, decorrelated_jitter=base,
+        ).add_max_attempts(8).add_total_elapsed_time(600).add_service_error_check(
+            service_error_retry_config={-1: [], 409: ["IncorrectState", "LockConflict", "Conflict"], 429: []},
+            service_error_retry_on_any_5xx=True,
+        ).get_retry_strategy()
 
     @property
     def compute(self):
@@ -131,22 +149,24 @@ class Oci:
     def identity(self):
         return self.client(oci.identity.IdentityClient)
 
+    @property
+    def work_requests(self):
+        return self.client(oci.work_requests.WorkRequestClient)
+
     def call(self, fn, *args, what=None, **kwargs):
-        """Call an SDK operation. 429 (OCI did nothing) is retried; 5xx only for reads, because a
-        create that failed half-way may have happened. Anything else becomes an OciError."""
+        """Call an SDK operation (the client's retry strategy retries what is worth it). Every create
+        carries an opc-retry-token, the same one on each retry of this call. What still fails
+        becomes an OciError that says what to fix."""
         what = what or fn.__name__.replace("_", " ")
-        read = fn.__name__.startswith(("get_", "list_"))
-        for attempt in range(4):
-            try:
-                return fn(*args, **kwargs)
-            except ServiceError as e:
-                if (e.status == 429 or (read and e.status >= 500)) and attempt < 3:
-                    time.sleep(self.poll * 2 ** attempt)
-                    continue
-                raise OciError(explain(e, what)) from None
-            except oci.exceptions.RequestException as e:
-                raise OciError(f"{what}: cannot reach OCI ({type(e).__name__}); check the region "
-                               f"and the network") from None
+        if fn.__name__.startswith("create_") and "opc_retry_token" not in kwargs:
+            kwargs["opc_retry_token"] = uuid.uuid4().hex
+        try:
+            return fn(*args, **kwargs)
+        except ServiceError as e:
+            raise OciError(explain(e, what)) from None
+        except oci.exceptions.RequestException as e:
+            raise OciError(f"{what}: cannot reach OCI ({type(e).__name__}); check the region "
+                           f"and the network") from None
 
     def list_all(self, fn, *args, **kwargs):
         return self.call(oci.pagination.list_call_get_all_results, fn, *args,
@@ -200,6 +220,40 @@ class Oci:
             errs = "; ".join(e.message for e in (wr.error_details or []))
             raise OciError(f"{what} failed: {errs or wr.message}")
         return wr
+
+
+    def wait_compute_work(self, response, what, resource_id=None, since=None):
+        """Instance pool creates and updates are accepted at once and launch later: a launch that
+        fails ("Out of host capacity.", a service limit) fails only in the compute work request.
+        Wait for it and fail with OCI's own words. The work request is the one the call answered
+        with (opc-work-request-id) or, if OCI sent none, the newest one on `resource_id` since `since`."""
+        wr_id = response.headers.get("opc-work-request-id")
+        if not wr_id and resource_id:
+            found = [w for w in self.list_all(self.work_requests.list_work_requests,
+                                              self.params.get("compartment_id"), resource_id=resource_id)
+                     if since is None or w.time_accepted >= since]
+            wr_id = max(found, key=lambda w: w.time_accepted).id if found else None
+        if not wr_id:
+            return None
+        wr = self.wait(self.work_requests.get_work_request, wr_id, {"SUCCEEDED", "FAILED", "CANCELED"},
+                       f"{what} work request", field="status")
+        if wr.status != "SUCCEEDED":
+            errs = self.list_all(self.work_requests.list_work_request_errors, wr_id)
+            raise OciError(f"{what} failed: OCI says {'; '.join(f'{e.code}: {e.message}' for e in errs) or wr.status} "
+                           f"(work request {wr_id}). {advice(errs)}".strip())
+        return wr
+
+
+def advice(errors):
+    """What to do about the asynchronous launch errors OCI reports most."""
+    text = " ".join(f"{e.code} {e.message}" for e in errors).lower()
+    if "capacity" in text:
+        return ("OCI has no free hosts of this shape there now: choose another availability_domain, "
+                "another shape, a smaller size, or try again later.")
+    if "limit" in text or "quota" in text:
+        return ("A service limit or compartment quota stops it: ask for a limit increase "
+                "(Console > Governance > Limits, Quotas and Usage) or size down.")
+    return ""
 
 
 def to_dict(model):

@@ -2,8 +2,10 @@
 #
 # A pool behind a load balancer gets new-image nodes first (surge), the balancer must report
 # them healthy, and only then are old nodes drained (no new requests; running streams finish)
-# and removed. The number of nodes serving traffic never drops below `min_healthy`. If the new
-# nodes never become healthy, they are removed again and the old ones keep serving (roll-back).
+# and removed. The number of nodes serving traffic never drops below `min_healthy`. If anything
+# fails after the first change (new nodes never healthy, a launch that fails, an API error), the
+# roll-out is undone: the new nodes are removed, drained old nodes are put back in service and the
+# pool builds from the previous image again (roll-back); the old nodes never stopped serving.
 #
 # Providers (OCI instance pool + OCI load balancer; local nspawn containers + HAProxy) implement
 # the small Provider protocol below. This file has no Ansible, OCI or network code: the tests
@@ -36,10 +38,14 @@ class Provider(Protocol):
         exist (booted, maybe not healthy yet). New nodes the pool adds later use `image` too."""
 
     def use_image(self, image: str) -> None:
-        """Make `image` the one future nodes are built from (used to undo grow's choice on roll-back)."""
+        """Roll-back: make `image` the one future nodes are built from again, and the pool's size the
+        number of nodes it has now (grow may have raised it for nodes that never came)."""
 
     def drain(self, node: Node) -> None:
         """Tell the balancer to send `node` no new requests; requests in flight continue."""
+
+    def undrain(self, node: Node) -> None:
+        """Roll-back: send `node` new requests again."""
 
     def in_flight(self, node: Node) -> Optional[int]:
         """Requests still running on `node`, or None when the provider cannot tell (then the full
@@ -107,30 +113,54 @@ class Rollout:
         if not p.old:
             return self.events
         previous = Counter(n.image for n in p.old).most_common(1)[0][0]
-        for batch in p.batches:
-            new = self.provider.grow(p.image, len(batch))
-            for n in new:
-                self._event("grow", n, image=p.image)
-            ids = {n.id for n in new}
-            if not self._until(lambda: ids <= self.provider.healthy(), self.health_timeout):
-                sick = sorted(ids - self.provider.healthy())
-                for n in new:
-                    self.provider.remove(n)
-                    self._event("remove", n, reason="rollback")
-                self.provider.use_image(previous)
-                self._event("rollback", image=previous)
-                raise RolloutFailed(
-                    f"new node(s) {', '.join(sick)} on image {p.image} were not healthy at the balancer "
-                    f"within {self.health_timeout:.0f}s: removed the new nodes, the old ones keep serving "
-                    f"and new nodes use {previous} again", self.events)
-            self._event("healthy", None, nodes=sorted(ids))
-            for n in batch:
-                self._drain_one(n, p.min_healthy)
-            self._until(lambda: all(self.provider.in_flight(n) == 0 for n in batch), self.drain_timeout)
-            for n in batch:
-                self.provider.remove(n)
-                self._event("remove", n, reason="replaced")
+        keep = {n.id for n in self.provider.nodes()}  # grows as batches complete: never undone
+        try:
+            for batch in p.batches:
+                keep |= self._batch(p, batch)
+        except Exception as e:  # noqa: BLE001 - whatever failed, the pool goes back to how it was
+            why = str(e)
+            try:
+                self._rollback(p, previous, keep)
+            except Exception as undo:  # noqa: BLE001 - say both: what failed and what could not be undone
+                raise RolloutFailed(f"{why}; the roll-back failed too ({undo}): check the pool by hand",
+                                    self.events) from None
+            raise RolloutFailed(f"{why}: rolled back (new nodes removed, drained old nodes serving again, "
+                                f"new nodes use {previous} again)", self.events) from None
         return self.events
+
+    def _batch(self, p, batch):
+        new = self.provider.grow(p.image, len(batch))
+        for n in new:
+            self._event("grow", n, image=p.image)
+        ids = {n.id for n in new}
+        if not self._until(lambda: ids <= self.provider.healthy(), self.health_timeout):
+            sick = sorted(ids - self.provider.healthy())
+            raise RuntimeError(f"new node(s) {', '.join(sick)} on image {p.image} were not healthy at the "
+                               f"balancer within {self.health_timeout:.0f}s; the old ones keep serving")
+        self._event("healthy", None, nodes=sorted(ids))
+        for n in batch:
+            self._drain_one(n, p.min_healthy)
+        self._until(lambda: all(self.provider.in_flight(n) == 0 for n in batch), self.drain_timeout)
+        for n in batch:
+            self.provider.remove(n)
+            self._event("remove", n, reason="replaced")
+        return ids
+
+    def _rollback(self, p, previous, keep):
+        """Undo the batch that failed: remove the nodes it added that are still there (earlier,
+        completed batches stay: their old nodes are gone), put its drained old nodes back in service,
+        build from `previous` again (and the pool's size back to its node count)."""
+        removed = {e["node"] for e in self.events if e["action"] == "remove"}
+        for n in self.provider.nodes():
+            if n.id not in keep:
+                self.provider.remove(n)
+                self._event("remove", n, reason="rollback")
+        for n in p.old:
+            if n.id in {e["node"] for e in self.events if e["action"] == "drain"} and n.id not in removed:
+                self.provider.undrain(n)
+                self._event("undrain", n)
+        self.provider.use_image(previous)
+        self._event("rollback", image=previous)
 
     def _drain_one(self, node, min_healthy):
         drained = {e["node"] for e in self.events if e["action"] == "drain"}
@@ -138,8 +168,7 @@ class Rollout:
         # Serving after this drain = healthy, not drained, not removed, minus this node.
         serving = lambda: len(self.provider.healthy() - drained - removed - {node.id})  # noqa: E731
         if not self._until(lambda: serving() >= min_healthy, self.health_timeout):
-            raise RolloutFailed(
-                f"draining {node.id} would leave {serving()} healthy node(s), below min_healthy="
-                f"{min_healthy}: stopped with the old node still serving", self.events)
+            raise RuntimeError(f"draining {node.id} would leave {serving()} healthy node(s), below "
+                               f"min_healthy={min_healthy}")
         self.provider.drain(node)
         self._event("drain", node)

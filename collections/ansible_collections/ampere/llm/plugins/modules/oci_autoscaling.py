@@ -61,42 +61,10 @@ options:
     type: bool
     description: Whether autoscaling acts.
     default: true
-  auth_type:
-    type: str
-    default: api_key
-    choices:
-    - api_key
-    - instance_principal
-    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
-  config_file:
-    type: path
-    default: ~/.oci/config
-    description: OCI config file (env OCI_CONFIG_FILE).
-  config_profile:
-    type: str
-    default: DEFAULT
-    description: Profile in the config file (env OCI_CONFIG_PROFILE).
-  region:
-    type: str
-    description: Override the profile's region (env OCI_REGION).
-  endpoint:
-    type: str
-    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
-  wait_timeout:
-    type: int
-    default: 1800
-    description: Seconds to wait for a resource to become ready.
-  poll_interval:
-    type: float
-    default: 5.0
-    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
-requirements:
-- oci (Python SDK) on the control node
 notes:
 - Supports check mode and diff mode.
-- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
-  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
-  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+extends_documentation_fragment:
+- ampere.llm.oci
 """
 
 EXAMPLES = r"""

@@ -44,6 +44,10 @@ options:
     type: int
     description: The port the balancer listens on and the nodes serve.
     default: 80
+  https_port:
+    type: int
+    description: The balancer's HTTPS port, admitted from anywhere like listen_port; 0 when there is no HTTPS listener.
+    default: 0
   state:
     type: str
     description: present makes sure it exists; absent deletes the subnets, security lists, route table, gateway
@@ -52,42 +56,10 @@ options:
     choices:
     - present
     - absent
-  auth_type:
-    type: str
-    default: api_key
-    choices:
-    - api_key
-    - instance_principal
-    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
-  config_file:
-    type: path
-    default: ~/.oci/config
-    description: OCI config file (env OCI_CONFIG_FILE).
-  config_profile:
-    type: str
-    default: DEFAULT
-    description: Profile in the config file (env OCI_CONFIG_PROFILE).
-  region:
-    type: str
-    description: Override the profile's region (env OCI_REGION).
-  endpoint:
-    type: str
-    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
-  wait_timeout:
-    type: int
-    default: 1800
-    description: Seconds to wait for a resource to become ready.
-  poll_interval:
-    type: float
-    default: 5.0
-    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
-requirements:
-- oci (Python SDK) on the control node
 notes:
 - Supports check mode and diff mode.
-- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
-  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
-  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+extends_documentation_fragment:
+- ampere.llm.oci
 """
 
 EXAMPLES = r"""
@@ -153,6 +125,7 @@ def main():
         node_subnet_cidr=dict(type="str", default="10.0.1.0/24"),
         admin_cidr=dict(type="str", default=""),
         listen_port=dict(type="int", default=80),
+        https_port=dict(type="int", default=0),
         state=dict(type="str", default="present", choices=["present", "absent"]),
     ))
     p, o = mod.params, mod.oci
@@ -223,7 +196,7 @@ def main():
                                               display_name=f"{name}-rt"), net.get_route_table, under)
         port, everywhere = p["listen_port"], [m.EgressSecurityRule(protocol="all", destination="0.0.0.0/0",
                                                                   destination_type="CIDR_BLOCK")]
-        lb_in = [tcp_in("0.0.0.0/0", port), path_mtu()]
+        lb_in = [tcp_in("0.0.0.0/0", port), path_mtu()] + ([tcp_in("0.0.0.0/0", p["https_port"])] if p["https_port"] else [])
         lb_out = [m.EgressSecurityRule(protocol="6", destination=p["node_subnet_cidr"], destination_type="CIDR_BLOCK",
                                        tcp_options=m.TcpOptions(destination_port_range=m.PortRange(min=port, max=port)))]
         node_in = [tcp_in(p["lb_subnet_cidr"], port), path_mtu()] + ([tcp_in(p["admin_cidr"], 22)] if p["admin_cidr"] else [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: oci_rollout
-short_description: Replace an instance pool's nodes with nodes of a new image, safely
+short_description: Replace an instance pool's nodes with nodes of a new instance configuration, safely
 version_added: 0.1.0
 author:
 - ampere-llm maintainers
@@ -14,10 +14,17 @@ description:
 - Grow the pool with nodes of the new configuration, wait until the load balancer reports them healthy, drain the
   old backends, wait drain_timeout for their streams to end, detach them with auto-terminate (the pool shrinks back
   to its size), never falling below min_healthy.
-- If the new nodes are not healthy within health_timeout they are removed, the pool goes back to its previous configuration,
-  and the task fails saying so; the old nodes kept serving.
-- Autoscaling (autoscaling_configuration_id) is paused during the roll and resumed after. Nodes already on the new
-  image are left alone, so a re-run after success changes nothing.
+- A node is old when it was launched from another instance configuration than instance_configuration_id, so a new
+  shape, OCPU count, memory size, SSH key or user data rolls the pool just as a new image does.
+- Health is each backend's own status at the balancer (OK and not drained); a backend with no health data yet is not
+  healthy.
+- If anything fails after the first change (the new nodes are not healthy within health_timeout, a launch fails in its
+  work request, e.g. "Out of host capacity.", an API error that retries did not cure), the roll is undone - new nodes
+  removed, drained old nodes back in service, the previous configuration and size restored - and the task fails
+  saying so; the old nodes kept serving.
+- Autoscaling (autoscaling_configuration_id) is paused during the roll and put back to the state it had before (left
+  off if it was off). Nodes already on the new configuration are left alone, so a re-run after success changes
+  nothing.
 - Check mode reports the plan (which nodes, in which batches) and touches nothing.
 options:
   compartment_id:
@@ -63,42 +70,10 @@ options:
   autoscaling_configuration_id:
     type: str
     description: Autoscaling to pause during the roll.
-  auth_type:
-    type: str
-    default: api_key
-    choices:
-    - api_key
-    - instance_principal
-    description: 'How to authenticate: the OCI config file''s API key, or instance principals (env OCI_CLI_AUTH).'
-  config_file:
-    type: path
-    default: ~/.oci/config
-    description: OCI config file (env OCI_CONFIG_FILE).
-  config_profile:
-    type: str
-    default: DEFAULT
-    description: Profile in the config file (env OCI_CONFIG_PROFILE).
-  region:
-    type: str
-    description: Override the profile's region (env OCI_REGION).
-  endpoint:
-    type: str
-    description: TEST ONLY - base URL of the local OCI stand-in of tests/oci (env AMPERE_LLM_OCI_ENDPOINT).
-  wait_timeout:
-    type: int
-    default: 1800
-    description: Seconds to wait for a resource to become ready.
-  poll_interval:
-    type: float
-    default: 5.0
-    description: Seconds between state polls (env AMPERE_LLM_OCI_POLL_INTERVAL).
-requirements:
-- oci (Python SDK) on the control node
 notes:
 - Supports check mode and diff mode.
-- 'Common options of every ampere.llm oci_* module: auth_type (api_key|instance_principal, env OCI_CLI_AUTH), config_file
-  (OCI_CONFIG_FILE), config_profile (OCI_CONFIG_PROFILE), region (OCI_REGION), wait_timeout, poll_interval; endpoint
-  (AMPERE_LLM_OCI_ENDPOINT) is for tests only. See docs/oci.md.'
+extends_documentation_fragment:
+- ampere.llm.oci
 """
 
 EXAMPLES = r"""
@@ -112,7 +87,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 image_id:
-  description: The new image.
+  description: The new configuration's image.
+  type: str
+  returned: success
+instance_configuration_id:
+  description: The configuration every node now runs (in check mode, would run).
   type: str
   returned: success
 replaced:
@@ -159,37 +138,41 @@ def main():
         cfg = o.call(o.management.get_instance_configuration, config_id).data
         return cfg.instance_details.launch_details.source_details.image_id
 
+    asc_id = p["autoscaling_configuration_id"]
+
     def set_autoscaling(enabled):
-        if p["autoscaling_configuration_id"]:
-            o.call(o.autoscaling.update_auto_scaling_configuration, p["autoscaling_configuration_id"],
-                   UpdateAutoScalingConfigurationDetails(is_enabled=enabled))
+        o.call(o.autoscaling.update_auto_scaling_configuration, asc_id,
+               UpdateAutoScalingConfigurationDetails(is_enabled=enabled))
 
     def body():
         pool = o.call(o.management.get_instance_pool, p["instance_pool_id"]).data
-        new_image = image_of(p["instance_configuration_id"])
-        configs = {image_of(pool.instance_configuration_id): pool.instance_configuration_id,
-                   new_image: p["instance_configuration_id"]}
+        target = p["instance_configuration_id"]
+        summary = dict(image_id=image_of(target), instance_configuration_id=target)
         provider = OciPoolProvider(o, p["compartment_id"], pool.id, p["load_balancer_id"], p["backend_set"],
-                                   p["backend_port"], configs)
+                                   p["backend_port"])
         try:
-            todo = plan(provider.nodes(), provider.healthy(), new_image, p["batch_size"], p["min_healthy"])
+            todo = plan(provider.nodes(), provider.healthy(), target, p["batch_size"], p["min_healthy"])
         except ValueError as e:
             raise OciError(str(e)) from None
-        summary = dict(image_id=new_image, replaced=[n.id for n in todo.old],
-                       batches=[[n.id for n in b] for b in todo.batches], min_healthy=todo.min_healthy)
+        summary.update(replaced=[n.id for n in todo.old], batches=[[n.id for n in b] for b in todo.batches],
+                       min_healthy=todo.min_healthy)
         if not todo.old or mod.check_mode:
             return mod.result(bool(todo.old), dict(summary, events=[]),
-                              before=dict(nodes=summary["replaced"]), after=dict(image_id=new_image))
+                              before=dict(nodes=summary["replaced"]), after=dict(instance_configuration_id=target))
         roll = Rollout(provider, health_timeout=p["health_timeout"], drain_timeout=p["drain_timeout"], poll=o.poll)
-        set_autoscaling(False)
+        # Put autoscaling back as it WAS: an operator who had it off keeps it off.
+        was_enabled = asc_id and o.call(o.autoscaling.get_auto_scaling_configuration, asc_id).data.is_enabled
+        if was_enabled:
+            set_autoscaling(False)
         try:
             events = roll.run(todo)
         except RolloutFailed as e:
             mod.fail_json(msg=str(e), events=e.events, **{k: v for k, v in summary.items() if k != "replaced"})
         finally:
-            set_autoscaling(True)
+            if was_enabled:
+                set_autoscaling(True)
         return mod.result(True, dict(summary, events=events), before=dict(nodes=summary["replaced"]),
-                          after=dict(image_id=new_image))
+                          after=dict(instance_configuration_id=target))
 
     mod.run(body)
 

@@ -1,0 +1,189 @@
+#!/usr/bin/python
+# Before pool.yml creates anything: can this principal use every API the pool needs, is the shape offered in the
+# availability domain, and does the service limit leave room for the pool and a roll-out?
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: oci_preflight
+short_description: Check IAM rights, availability domain, shape and limits before an ampere-llm pool is made
+version_added: 0.2.0
+author:
+- ampere-llm maintainers
+description:
+- Reads, once each, every OCI API that pool.yml and rollout.yml will change (networking, compute images and shapes,
+  instance configurations and pools, compute work requests, load balancers, autoscaling). OCI answers 404
+  NotAuthorizedOrNotFound when no policy grants the principal a resource family in the compartment; this module
+  collects every such refusal and fails with the policy statements to add, before anything is created.
+- Checks that the availability domain exists and offers the shape (list_shapes); without availability_domain it picks
+  the first one that does and returns it.
+- Reads the shape's core limit (Limits service, resource availability) where the principal may, and fails when fewer
+  cores are free than the pool at its largest during a roll-out needs; if the limit cannot be read it only says so.
+- 'Limits of the approach: a read proves the principal holds at least inspect/read on the family, not manage. A policy
+  that grants only read or use passes here and still fails at the first create. pool.yml therefore creates the free
+  resources (network, instance configuration) before the billable ones (load balancer, instances). OCI has no API that
+  evaluates a policy for a principal without calling the operation itself.'
+- Changes nothing; check mode runs the same reads.
+options:
+  compartment_id:
+    type: str
+    description: Compartment OCID.
+    required: true
+  shape:
+    type: str
+    description: The nodes' shape.
+    default: VM.Standard.A2.Flex
+  ocpus:
+    type: float
+    description: OCPUs per node (Flex shapes).
+    default: 2
+  availability_domain:
+    type: str
+    description: Availability domain name; empty picks the first one offering the shape.
+  image_id:
+    type: str
+    description: The image the pool will boot; checked readable.
+  max_nodes:
+    type: int
+    description: The most nodes the pool may run at once (during a roll-out, up to twice the autoscaling maximum).
+    default: 8
+  cores_per_ocpu:
+    type: int
+    description: Cores the limit counts per OCPU (2 on Ampere A2, 1 on A1).
+    default: 2
+notes:
+- Supports check mode.
+extends_documentation_fragment:
+- ampere.llm.oci
+"""
+
+EXAMPLES = r"""
+- name: Rights, shape and limits before anything is created
+  ampere.llm.oci_preflight:
+    compartment_id: "{{ compartment_id }}"
+    shape: VM.Standard.A2.Flex
+    image_id: "{{ image_id }}"
+  register: preflight
+"""
+
+RETURN = r"""
+availability_domain:
+  description: The availability domain to use (given, or the first offering the shape).
+  type: str
+  returned: success
+checked:
+  description: The APIs read, each with ok or the refusal.
+  type: dict
+  returned: always
+limit:
+  description: The shape's core limit as read (name, available, needed), or why it could not be read.
+  type: dict
+  returned: success
+"""
+
+import re
+
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciError, OciModule, explain
+
+try:
+    import oci
+    from oci.exceptions import ServiceError
+except ImportError:
+    pass
+
+# What to add to the policy when a read of a family is refused (docs/oci.md has the whole policy).
+STATEMENT = {
+    "virtual-network-family": "Allow group <your group> to manage virtual-network-family in compartment <name>",
+    "instance-family": "Allow group <your group> to manage instance-family in compartment <name>",
+    "compute-management-family": "Allow group <your group> to manage compute-management-family in compartment <name>",
+    "load-balancers": "Allow group <your group> to manage load-balancers in compartment <name>",
+    "auto-scaling-configurations": "Allow group <your group> to manage auto-scaling-configurations in compartment <name>",
+}
+
+
+def main():
+    mod = OciModule(dict(
+        compartment_id=dict(type="str", required=True),
+        shape=dict(type="str", default="VM.Standard.A2.Flex"),
+        ocpus=dict(type="float", default=2),
+        availability_domain=dict(type="str"),
+        image_id=dict(type="str"),
+        max_nodes=dict(type="int", default=8),
+        cores_per_ocpu=dict(type="int", default=2),
+    ))
+    p, o = mod.params, mod.oci
+    comp = p["compartment_id"]
+    checked, refused = {}, {}
+
+    def read(family, what, fn, *args, **kw):
+        try:
+            fn(*args, **kw)
+            checked[what] = "ok"
+            return True
+        except ServiceError as e:
+            if e.status == 404:
+                checked[what] = f"{e.status} {e.code}"
+                refused.setdefault(family, []).append(what)
+                return False
+            raise OciError(explain(e, what)) from None
+
+    def body():
+        ads = [a.name for a in o.list_all(o.identity.list_availability_domains, o.config.get("tenancy") or comp)]
+        read("virtual-network-family", "list VCNs", o.network.list_vcns, comp, limit=1)
+        read("instance-family", "list shapes", o.compute.list_shapes, comp, limit=1)
+        if p["image_id"]:
+            read("instance-family", f"read image {p['image_id']}", o.compute.get_image, p["image_id"])
+        read("compute-management-family", "list instance configurations",
+             o.management.list_instance_configurations, comp, limit=1)
+        read("compute-management-family", "list instance pools", o.management.list_instance_pools, comp, limit=1)
+        read("compute-management-family", "list compute work requests",
+             o.work_requests.list_work_requests, comp, limit=1)
+        read("load-balancers", "list load balancers", o.lb.list_load_balancers, comp, limit=1)
+        read("auto-scaling-configurations", "list autoscaling configurations",
+             o.autoscaling.list_auto_scaling_configurations, comp, limit=1)
+        if refused:
+            mod.fail_json(
+                msg="OCI refused (404 NotAuthorizedOrNotFound) "
+                    + "; ".join(f"{', '.join(w)} [{f}]" for f, w in refused.items())
+                    + ". Nothing was created. Add to your group's policy (docs/oci.md has the whole policy): "
+                    + " | ".join(STATEMENT[f] for f in refused),
+                checked=checked)
+
+        ad = p["availability_domain"]
+        if ad and ad not in ads:
+            raise OciError(f"availability_domain {ad!r} is not one of this region's: {', '.join(ads)}")
+        offered = {a: {s.shape for s in o.list_all(o.compute.list_shapes, comp, availability_domain=a)}
+                   for a in ([ad] if ad else ads)}
+        where = [a for a, shapes in offered.items() if p["shape"] in shapes]
+        if not where:
+            others = [a for a in ads if a != ad and p["shape"] in {
+                s.shape for s in o.list_all(o.compute.list_shapes, comp, availability_domain=a)}] if ad else []
+            raise OciError(f"shape {p['shape']} is not offered in {ad or 'any availability domain of this region'}"
+                           + (f"; it is in {', '.join(others)}: set availability_domain" if others else
+                              ": choose another shape or region"))
+        ad = where[0]
+
+        limit = {}
+        m = re.match(r"^VM\.Standard\.(\w+)\.Flex$", p["shape"])
+        if m:
+            name = f"standard-{m.group(1).lower()}-core-count"
+            need = int(p["max_nodes"] * p["ocpus"] * p["cores_per_ocpu"])
+            limits = o.client(oci.limits.LimitsClient)
+            try:
+                got = limits.get_resource_availability("compute", name, o.config.get("tenancy") or comp,
+                                                       availability_domain=ad).data
+                limit = dict(name=name, available=got.available, used=got.used, needed=need)
+            except ServiceError as e:
+                limit = dict(name=name, needed=need, unread=f"{e.status} {e.code}")
+                mod.warn(f"could not read the {name} limit ({e.status} {e.code}): check Governance > Limits yourself; "
+                         f"the pool at its largest (a roll-out) needs {need} cores in {ad}")
+            if limit.get("available") is not None and limit["available"] < need:
+                raise OciError(f"service limit {name} in {ad} has {limit['available']} cores free, the pool at its "
+                               f"largest (max_nodes={p['max_nodes']} during a roll-out) needs {need}: ask for a limit "
+                               f"increase (Governance > Limits, Quotas and Usage) or lower pool_max / node_ocpus")
+        return mod.result(False, dict(availability_domain=ad, checked=checked, limit=limit))
+
+    mod.run(body)
+
+
+if __name__ == "__main__":
+    main()
