@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from ampere_llm_server import grammar
 from ampere_llm_server.batch import BatchEngine, ConfigError, host_memory_available
 from ampere_llm_server.engine import Done, Failed, Job, SamplingParams, Token
 from ampere_llm_server.single import SingleEngine
@@ -122,6 +124,49 @@ def test_same_greedy_answer_as_the_single_engine(smol, smollm2_model):
             s = Run(single, p)
             assert isinstance(s.wait(), Done) and isinstance(b.wait(), Done)
             assert b.tokens == s.tokens, p
+    finally:
+        single.close()
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                          "city": {"type": "string"}},
+          "required": ["name", "age", "city"], "additionalProperties": False}
+JSON_QUESTIONS = ["Give me a person as JSON with name, age and city.", "Describe a cat as JSON.",
+                  "Invent a pilot: name, age and home city, in JSON.", "List three colors as JSON."]
+
+
+def test_constrained_greedy_is_the_same_alone_together_and_on_the_single_engine(smol,
+                                                                                smollm2_model):
+    """Structured output in the batching engine: every sequence has its own grammar state, and
+    the shortlist changes nothing. The same greedy JSON alone, beside other constrained and free
+    sequences, and from --parallel 1's engine; and it parses whenever it ended with stop."""
+    person, anything = [replace(GREEDY, max_tokens=64, grammar=grammar.to_gbnf(schema))
+                        for schema in (PERSON, grammar.JSON_OBJECT_SCHEMA)]
+    jobs = [(chat(smol, q), p) for q, p in zip(JSON_QUESTIONS, (person, anything) * 2)]
+    alone = []
+    for prompt, params in jobs:
+        r = Run(smol, prompt, params)
+        end = r.wait()
+        assert isinstance(end, Done), end
+        if end.finish_reason == "stop":
+            json.loads(r.text)
+        alone.append(r)
+    assert sum(r.end.finish_reason == "stop" for r in alone) >= len(jobs) // 2
+    assert all(set(json.loads(r.text)) == set(PERSON["properties"])
+               for r in alone[::2] if r.end.finish_reason == "stop")
+    # free text shares the steps: its logits sit beside the constrained ones in every batch; more
+    # jobs than slots, so some join while others are mid-stream
+    free = [Run(smol, chat(smol, QUESTIONS[0]))]
+    together = [Run(smol, prompt, params) for prompt, params in jobs]
+    for r, want in zip(together, alone):
+        assert isinstance(r.wait(), Done) and r.tokens == want.tokens, r.text
+    for r in free:
+        r.wait()
+    single = SingleEngine(smollm2_model, n_ctx=512, n_threads=1)
+    try:
+        for (prompt, params), want in zip(jobs[:2], alone):
+            s = Run(single, prompt, params)
+            assert isinstance(s.wait(), Done) and s.tokens == want.tokens, s.text
     finally:
         single.close()
 
