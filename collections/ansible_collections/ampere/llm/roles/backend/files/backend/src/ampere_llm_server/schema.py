@@ -189,7 +189,7 @@ MESSAGE = S("object", "One chat turn", properties={
     "refusal": S("string", "An assistant's earlier refusal: read as its content when content is "
                  "absent"),
     "tool_calls": S("array", "Only [] is accepted", accept=([],), refuse=_NO_TOOLS),
-    "tool_call_id": S("string", "Only null", accept=(), refuse=_NO_TOOLS),
+    "tool_call_id": S("string", "Goes with role tool, which is refused"),
     "function_call": S("object", "Only null", extra=True, accept=(), refuse=_NO_TOOLS),
     "audio": S("object", "Only null", extra=True, accept=(),
                refuse="this model reads and writes text only"),
