@@ -13,6 +13,7 @@ installs its pinned checkers from PyPI as usual. Its HOME (venvs, caches) lives 
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
@@ -51,10 +52,13 @@ def test_ansible_test_sanity_has_no_findings():
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     env = dict(os.environ, HOME=str(_home()), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     env.pop("ANSIBLE_COLLECTIONS_PATH", None)
-    r = subprocess.run([str(BIN / "ansible-test"), "sanity", "--venv", "--python", python, "--color", "no",
-                        "--exclude", "roles/backend/files/backend/"],
-                       cwd=COLLECTION, env=env, capture_output=True, text=True, timeout=1700)
+    # One run at a time on this machine: runs share the cached venvs and the collection's tests/output.
+    with open(Path(env["HOME"]) / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        r = subprocess.run([str(BIN / "ansible-test"), "sanity", "--venv", "--python", python, "--color", "no",
+                            "--exclude", "roles/backend/files/backend/"],
+                           cwd=COLLECTION, env=env, capture_output=True, text=True, timeout=1700)
     out = r.stdout + r.stderr
     findings = [line for line in out.splitlines() if line.startswith("ERROR:")]
-    assert r.returncode == 0 and not findings, "\n".join(findings) or out[-5000:]
+    assert r.returncode == 0 and not findings, "\n".join(findings) + "\n" + out[-3000:]
     assert 'Running sanity test "validate-modules"' in out and 'Running sanity test "pylint"' in out, out[-3000:]
