@@ -3,7 +3,8 @@
 Builds and installs it with molecule/collection.sh (the very step the molecule scenarios converge
 from) and checks that every role's payload made it: every file the source tree holds under a role's
 files/ and templates/, everything a task names as a `src`, the service's package and the page, the
-licence and the site playbook; and that nothing users do not need (tests, caches) rides along.
+licence, the site playbook and the sanity ignore file; and that nothing users do not need
+(ansible-test's output, caches) rides along.
 """
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def test_tarball_carries_every_roles_payload(tmp_path):
     for path in ("roles/backend/files/backend/pyproject.toml", "roles/backend/files/backend/src/ampere_llm_server/cli.py",
                  "roles/backend/files/requirements.lock", "roles/web/files/web/index.html"):
         assert path in names and (installed / path).is_file(), path
-    assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n or n.endswith(".pyc")]
+    assert "tests/sanity/ignore-2.19.txt" in names  # Galaxy's sanity run reads it from the artifact
+    assert not [n for n in names if n.startswith("tests/output") or "__pycache__" in n or n.endswith(".pyc")]
 
 
 def test_installed_collection_runs_the_site_playbook_by_its_name(tmp_path):
