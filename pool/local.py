@@ -10,13 +10,15 @@ It mirrors the OCI flow with real parts, so the whole life of a pool can be seen
   creates (/run/netns/<pool>-sK): every node listens on 127.0.0.1 and the same ports, like instances
   from one image on their own VNICs, and nothing listens beyond loopback;
 - balancer: HAProxy (Debian's package) run as a plain process, one server slot per namespace,
-  active HTTP checks on /readyz, leastconn, drain and maintenance through its runtime API socket.
+  active HTTP checks on /readyz, leastconn, drain and maintenance through its runtime API socket;
+  optionally TLS with HTTP redirected to HTTPS.
 
 Rolling replacement is NOT written here: LocalProvider implements rollout.Provider and the shared
 algorithm in plugins/module_utils/rollout.py (also driven by the OCI provider) does the rolling.
 
 CLI (scripts/demo.sh uses it; state in $AMPERE_LLM_CACHE/pool/<name>/):
   local.py up [--name demo] [--nodes 2] [--port 8080] [--seed-ssh 22040 --seed-backend 18000 --seed-web 18080]
+              [--tls-cert PEM --https-port 8443]     HTTPS at the balancer, HTTP redirected to it
   local.py bake [--converge KEY=VALUE ...]   new image from the seed (re-converged with those vars first)
   local.py roll IMAGE [--batch-size 1]       rolling replacement of every node to IMAGE
   local.py status | down
@@ -69,9 +71,18 @@ def run(*cmd, check=True, quiet=False, **kw) -> subprocess.CompletedProcess:
     return out
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a redirect is an answer too (HTTP to HTTPS at the balancer)
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
 def http_status(url: str, timeout: float = 3) -> int:
+    """The status of GET url without following redirects; 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with _opener.open(url, timeout=timeout) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -91,6 +102,10 @@ class Config:
     check_inter_ms: int = 1000  # HAProxy check interval; a node is out after `fall` failures
     fall: int = 2
     rise: int = 2
+    # HTTPS at the balancer: a PEM file holding the certificate chain and its key. With it, HAProxy
+    # terminates TLS on https_port and answers plain HTTP on `port` with a redirect to HTTPS.
+    tls_cert: Optional[str] = None
+    https_port: int = 8443
 
 
 @dataclass
@@ -128,7 +143,19 @@ class LocalPool:
 
     @property
     def url(self) -> str:
+        """The page's URL: HTTPS when the balancer terminates TLS."""
+        if self.c.tls_cert:
+            return f"https://127.0.0.1:{self.c.https_port}"
         return f"http://127.0.0.1:{self.c.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.c.port}"
+
+    @property
+    def tls_pem(self) -> Path:
+        """The pool's own copy of the certificate (the state must not depend on where it came from)."""
+        return self.dir / "tls.pem"
 
     def netns(self, slot: str) -> str:
         return f"{self.prefix}-{slot}"
@@ -213,6 +240,15 @@ class LocalPool:
     # ---- HAProxy -----------------------------------------------------------------------------------
     def haproxy_config(self) -> str:
         c = self.c
+        if c.tls_cert:
+            # Plain HTTP only redirects: an API key never crosses the network in clear text.
+            frontend = (f"    bind 127.0.0.1:{c.port}\n"
+                        f"    bind 127.0.0.1:{c.https_port} ssl crt {self.tls_pem} alpn h2,http/1.1\n"
+                        f"    http-request redirect location https://%[req.hdr(host),field(1,:)]:{c.https_port}"
+                        f"%[capture.req.uri] code 301 unless {{ ssl_fc }}\n"
+                        f"    http-request set-header X-Forwarded-Proto https")
+        else:
+            frontend = f"    bind 127.0.0.1:{c.port}"
         slots = "\n".join(
             f"    server s{i} 127.0.0.1:{c.seed_web} namespace {self.netns(f's{i}')} disabled"
             for i in range(1, c.slots + 1))
@@ -220,6 +256,7 @@ class LocalPool:
 global
     stats socket {self.sock} mode 600 level admin
     log stderr format short local0 info
+    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets
     # Checks from every slot at once would hit nodes in step; spread them out.
     spread-checks 20
 
@@ -240,7 +277,12 @@ defaults
     retry-on conn-failure empty-response 502
 
 frontend pool
-    bind 127.0.0.1:{c.port}
+{frontend}
+    # The nodes learn each client's own address from X-Forwarded-For (their NGINX trusts only this
+    # balancer: web_trusted_proxies), so per-client rate limits and access logs see real clients.
+    # This is the front door: whatever X-Forwarded-For a client sent is dropped, not trusted.
+    http-request del-header X-Forwarded-For
+    option forwardfor
     default_backend {BACKEND}
 
 backend {BACKEND}
@@ -273,18 +315,22 @@ backend {BACKEND}
             if not Path(f"/run/netns/{ns}").exists():
                 run("ip", "netns", "add", ns)
             run("ip", "-n", ns, "link", "set", "lo", "up")
+        if self.c.tls_cert and Path(self.c.tls_cert).resolve() != self.tls_pem:
+            self.tls_pem.write_bytes(Path(self.c.tls_cert).read_bytes())
+            self.tls_pem.chmod(0o600)
         cfg = self.dir / "haproxy.cfg"
         cfg.write_text(self.haproxy_config())
         run("haproxy", "-c", "-q", "-f", cfg, quiet=True)
-        with socket.socket() as s:  # a clear message instead of HAProxy's bind error
-            if s.connect_ex(("127.0.0.1", self.c.port)) == 0:
-                raise PoolError(f"127.0.0.1:{self.c.port} is taken: choose another balancer port (--port)")
+        for port in (self.c.port, self.c.https_port) if self.c.tls_cert else (self.c.port,):
+            with socket.socket() as s:  # a clear message instead of HAProxy's bind error
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    raise PoolError(f"127.0.0.1:{port} is taken: choose another balancer port (--port, --https-port)")
         logf = open(self.dir / "haproxy.log", "ab")
         proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         (self.dir / "haproxy.pid").write_text(str(proc.pid))
         deadline = time.monotonic() + 10
-        while not self.sock.exists() or http_status(self.url + "/readyz", 1) == 0:
+        while not self.sock.exists() or http_status(self.http_url + "/readyz", 1) == 0:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise PoolError(f"haproxy did not start: {(self.dir / 'haproxy.log').read_text()[-2000:]}")
             time.sleep(0.1)
@@ -423,6 +469,9 @@ class LocalProvider:
     def drain(self, node: Node) -> None:
         self.pool.admin(f"set server {BACKEND}/{self.pool.slot_of(node.id)} state drain")
 
+    def undrain(self, node: Node) -> None:
+        self.pool.admin(f"set server {BACKEND}/{self.pool.slot_of(node.id)} state ready")
+
     def in_flight(self, node: Node) -> Optional[int]:
         return int(self.pool.stats()[self.pool.slot_of(node.id)]["scur"] or 0)
 
@@ -446,8 +495,10 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="seed -> image -> nodes -> HAProxy; prints the page's URL")
     up.add_argument("--nodes", type=int, default=2)
-    for opt in ("port", "seed_ssh", "seed_backend", "seed_web"):
+    for opt in ("port", "https_port", "seed_ssh", "seed_backend", "seed_web"):
         up.add_argument("--" + opt.replace("_", "-"), type=int, default=getattr(Config, opt))
+    up.add_argument("--tls-cert", metavar="PEM", help="certificate chain + key: HTTPS on --https-port, "
+                    "HTTP on --port redirects to it")
     bake = sub.add_parser("bake", help="new image from the seed")
     bake.add_argument("--converge", nargs="*", default=None, metavar="KEY=VALUE",
                       help="re-run site.yml on the seed with these vars first")
@@ -460,7 +511,8 @@ def main(argv=None) -> int:
 
     cfg = Config(name=a.name)
     if a.cmd == "up":
-        cfg = Config(a.name, a.port, a.seed_ssh, a.seed_backend, a.seed_web)
+        cfg = Config(a.name, a.port, a.seed_ssh, a.seed_backend, a.seed_web,
+                     tls_cert=a.tls_cert and str(Path(a.tls_cert).resolve()), https_port=a.https_port)
     pool = LocalPool(cfg)
     if a.cmd != "up" and a.cmd != "down" and not pool.state_path.exists():
         raise SystemExit(f"local.py: no pool {a.name!r} (start it with `up`)")

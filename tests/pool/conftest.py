@@ -1,11 +1,16 @@
 """The local pool for tests/pool: one seed converged by site.yml, one image, two nodes behind HAProxy,
 built once per session (pool/local.py) and torn down at the end whatever happened.
 
-Its ports are its own (seed SSH 22050, seed service 18200, seed page 18280, balancer 18290), so a
-`make demo` pool (22040/18000/18080 and 80 or 8080) and molecule (22041/18100/18180) run beside it.
+Its ports are its own (seed SSH 22050, seed service 18200, seed page 18280, balancer 18290 for
+HTTP and 18291 for HTTPS), so a `make demo` pool (22040/18000/18080 and 80 or 8080) and molecule
+(22041/18100/18180) run beside it. The balancer terminates TLS with a certificate made here
+(self-signed, for 127.0.0.1 and localhost); every test client goes through HTTPS and verifies it.
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import ipaddress
 import os
 import subprocess
 import sys
@@ -21,7 +26,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import local  # noqa: E402  pool/local.py
 
 CONFIG = local.Config(name="test", port=18290, seed_ssh=22050, seed_backend=18200, seed_web=18280,
-                      slots=4, check_inter_ms=1000, fall=2, rise=2)
+                      slots=4, check_inter_ms=1000, fall=2, rise=2, https_port=18291)
+
+
+def self_signed(directory: Path) -> Path:
+    """A certificate and key for 127.0.0.1 and localhost in one PEM (what HAProxy's `crt` takes;
+    clients verify against the same file: its certificate is its own authority)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ampere-llm test pool")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    pem = directory / "tls.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pem.chmod(0o600)
+    return pem
 NODES = 2
 
 
@@ -37,11 +67,11 @@ def leftovers(pool: local.LocalPool) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def pool():
+def pool(tmp_path_factory):
     local.LocalPool.preflight()  # haproxy, nspawn, ...: "make deps" when missing
     stale = local.LocalPool(CONFIG)
     stale.down()  # whatever a killed earlier run left
-    p = local.LocalPool(CONFIG)
+    p = local.LocalPool(dataclasses.replace(CONFIG, tls_cert=str(self_signed(tmp_path_factory.mktemp("tls")))))
     t0 = time.monotonic()
     try:
         p.up(NODES)

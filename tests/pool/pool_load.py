@@ -1,11 +1,17 @@
 """Steady, bounded load on the pool's balancer: N client threads stream /generate until a request
 count or a deadline is reached, and every request's fate is recorded with its start and end time,
 so a test can count by phase (before/after a failure, during a roll-out) what was sent, succeeded
-and failed. Loopback only; every read has a timeout, so a hung stream is recorded as `hang`."""
+and failed. Loopback only; every read has a timeout, so a hung stream is recorded as `hang`.
+
+Each client thread connects from a loopback address of its own (127.0.1.N): the nodes tell clients
+apart by the address HAProxy forwards, as they would tell users apart behind a real balancer, so
+one client's requests never count against another's rate limit. HTTPS URLs are verified against
+the pool's certificate (`cafile`)."""
 from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,13 +38,28 @@ class Result:
         return self.outcome == "ok"
 
 
-def stream_once(url: str, prompt: str, max_tokens: int, read_timeout: float = 30) -> Result:
-    """One streamed /generate, read event by event as scripts/stream_generate.py does."""
+def client_address(n: int) -> str:
+    """The loopback address client n connects from (any 127/8 address is this host's own)."""
+    return f"127.0.1.{n + 1}"
+
+
+def connection(url: str, timeout: float, source: Optional[str] = None,
+               cafile: Optional[str] = None) -> http.client.HTTPConnection:
     u = urlsplit(url)
+    src = (source, 0) if source else None
+    if u.scheme == "https":
+        return http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, source_address=src,
+                                           context=ssl.create_default_context(cafile=cafile))
+    return http.client.HTTPConnection(u.hostname, u.port, timeout=timeout, source_address=src)
+
+
+def stream_once(url: str, prompt: str, max_tokens: int, read_timeout: float = 30,
+                source: Optional[str] = None, cafile: Optional[str] = None) -> Result:
+    """One streamed /generate, read event by event as scripts/stream_generate.py does."""
     r = Result(start=time.monotonic())
     body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                        "temperature": 0})
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=read_timeout)
+    conn = connection(url, read_timeout, source, cafile)
     try:
         conn.request("POST", "/generate", body, {"Content-Type": "application/json",
                                                  "Accept": "text/event-stream"})
@@ -67,6 +88,8 @@ def stream_once(url: str, prompt: str, max_tokens: int, read_timeout: float = 30
                 elif line == "":
                     event = "message"
         r.outcome = "closed"  # the connection ended without a done or error event
+    except ssl.SSLError as e:  # a TLS failure is the balancer's, never a hang or a closed stream
+        r.outcome, r.detail = "tls", repr(e)
     except (TimeoutError, OSError) as e:  # socket.timeout is TimeoutError
         if isinstance(e, TimeoutError):
             r.outcome = "hang"
@@ -92,6 +115,7 @@ class Load:
     duration: float = 120.0
     max_tokens: int = 24
     pause: float = 0.0
+    cafile: Optional[str] = None    # the pool's certificate, for an https:// url
     results: list[Result] = field(default_factory=list)
     on_result: Optional[Callable[[Result], None]] = None
 
@@ -111,7 +135,8 @@ class Load:
     def _worker(self, n: int) -> None:
         i = n
         while self._take():
-            r = stream_once(self.url, PROMPTS[i % len(PROMPTS)], self.max_tokens)
+            r = stream_once(self.url, PROMPTS[i % len(PROMPTS)], self.max_tokens,
+                            source=client_address(n), cafile=self.cafile)
             i += self.clients
             with self._lock:
                 self.results.append(r)

@@ -30,7 +30,7 @@ def test_failover_under_load(pool2, capsys):
     pool = pool2
     a, b = sorted(s["node"] for s in pool.state.slots.values())
     up = lambda s: s == "UP"  # noqa: E731
-    load = Load(pool.url, clients=3, max_requests=1000, duration=240, max_tokens=32).start()
+    load = Load(pool.url, cafile=pool.c.tls_cert, clients=3, max_requests=1000, duration=240, max_tokens=32).start()
     try:
         load.wait_for(6)
 

@@ -20,7 +20,7 @@ def test_overload_answers_503_and_stays_up(pool2, capsys):
     memory = [(sum(before[n]["rss_mib"] for n in nodes), h.haproxy_rss_mib(pool))]
     phases = {}
     for i in range(1, ROUNDS + 1):
-        rs = Load(pool.url, clients=CLIENTS, max_requests=PER_ROUND, duration=120, max_tokens=48).start().stop(180, wait=True)
+        rs = Load(pool.url, cafile=pool.c.tls_cert, clients=CLIENTS, max_requests=PER_ROUND, duration=120, max_tokens=48).start().stop(180, wait=True)
         phases[f"round {i}: {CLIENTS} clients at once"] = rs
         now = {n: h.service(pool, n) for n in nodes}
         memory.append((sum(now[n]["rss_mib"] for n in nodes), h.haproxy_rss_mib(pool)))

@@ -40,7 +40,7 @@ def test_rolling_replacement_under_load(pool2, capsys):
     t_bake = time.monotonic() - t0
 
     provider = Recorder(pool)
-    load = Load(pool.url, clients=3, max_requests=1500, duration=400, max_tokens=32).start()
+    load = Load(pool.url, cafile=pool.c.tls_cert, clients=3, max_requests=1500, duration=400, max_tokens=32).start()
     try:
         load.wait_for(6)
         t_roll = time.monotonic()

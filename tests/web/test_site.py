@@ -86,3 +86,55 @@ def test_metrics_only_from_allowed_addresses(backend, front):
     assert status == 200 and b"ampere_llm_generations_total" in body
     status, _, body = front(backend.url, web_metrics_allow=["10.255.0.0/16"]).request("GET", "/metrics")
     assert status == 403 and json.loads(body)["error"]["type"] == "forbidden"
+
+
+def idle_connection_open(url: str, idle: float) -> bool:
+    """After one request on a keep-alive connection and `idle` seconds of silence, is it still open?"""
+    import http.client
+    import select
+    import time
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200 and resp.getheader("Connection", "keep-alive").lower() == "keep-alive"
+    time.sleep(idle)  # the idle time under test, not a wait for an outcome
+    readable, _, _ = select.select([conn.sock], [], [], 0)
+    closed = bool(readable) and conn.sock.recv(1) == b""  # a closed connection reads as EOF
+    if not closed:  # and an open one still serves
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 200
+    conn.close()
+    return not closed
+
+
+def test_idle_connections_outlive_the_load_balancers(front, render_site):
+    # OCI's load balancer reuses a backend connection for up to 300 s of idleness and asks
+    # backends to keep it at least 310 s: the node must never be the one to close first.
+    assert render_site(web_listen_addresses=["127.0.0.1"]).count("keepalive_timeout 320s;") == 1
+    no_backend = f"http://127.0.0.1:{free_port()}"  # the page alone is enough here
+    assert idle_connection_open(front(no_backend).url, 2.5)
+    # The variable is what NGINX applies: with 1 s, the same idle connection is closed by NGINX.
+    assert not idle_connection_open(front(no_backend, web_keepalive_timeout=1).url, 2.5)
+
+
+def test_client_address_comes_from_the_trusted_balancer_only(front):
+    no_backend = f"http://127.0.0.1:{free_port()}"  # 502 behind the limit is fine: 429 is what counts
+    limits = dict(web_rate_limit_rps=1, web_rate_limit_burst=2)
+
+    def statuses(f, client: str, n: int) -> list[int]:
+        return [f.request("GET", "/v1/models", headers={"X-Forwarded-For": client})[0] for _ in range(n)]
+
+    # Behind a trusted balancer: two clients, two buckets, two addresses in the log.
+    f = front(no_backend, web_trusted_proxies=["127.0.0.1/32"], **limits)
+    assert 429 in statuses(f, "203.0.113.7", 6)
+    assert statuses(f, "203.0.113.8", 1) != [429]
+    log = (f.prefix / "access.log").read_text()
+    assert "203.0.113.7 " in log and "203.0.113.8 " in log and "\n127.0.0.1 " not in "\n" + log
+    # Not trusted (the default, or another address): the header is ignored, the peer is the client.
+    for trusted in ([], ["10.9.0.0/16"]):
+        f = front(no_backend, web_trusted_proxies=trusted, **limits)
+        assert 429 in statuses(f, "203.0.113.7", 6)
+        assert statuses(f, "203.0.113.8", 1) == [429]
+        assert "203.0.113." not in (f.prefix / "access.log").read_text()
