@@ -1,10 +1,12 @@
 """POST /generate, and what every generating route shares (the OpenAI routes reuse all of it).
 
-The shared path of one request: body -> validated dict (schema.py) -> prompt tokens (checked
-against the context) -> SamplingParams -> admission (scheduler.py; 503s) -> events, either
-streamed as server-sent events with a heartbeat or collected into one JSON reply. A client that
-goes away cancels its generation: aiohttp cancels the handler (handler_cancellation), or the next
-write fails; either way the `finally` below tells the scheduler.
+The shared path of one request: body -> validated dict (schema.py) -> chat messages read as the
+template wants them (text parts, developer) -> prompt tokens (checked against the context) ->
+SamplingParams, with the grammar of a structured format (grammar.py) -> admission
+(scheduler.py; 503s) -> events, either streamed as server-sent events with a heartbeat or
+collected into one JSON reply. A client that goes away cancels its generation: aiohttp cancels
+the handler (handler_cancellation), or the next write fails; either way the `finally` below
+tells the scheduler.
 """
 from __future__ import annotations
 

@@ -74,6 +74,8 @@ class Sampler:
     thread-safe: the engine's worker thread owns it. `vocab` is needed only with a grammar."""
 
     def __init__(self, p: SamplingParams, n_vocab: int, vocab=None) -> None:
+        if p.grammar and vocab is None:  # llama.cpp would abort on the first token
+            raise ValueError("a grammar needs the model's vocabulary")
         self.grammar = grammar_mod.new_sampler(vocab, p.grammar) if p.grammar else None
         self.chain = make_chain(p, n_vocab)
         self._n_vocab = n_vocab
@@ -127,7 +129,8 @@ class Sampler:
                    cur: llama_cpp.llama_token_data_array) -> llama_cpp.llama_token_data_array:
         """Mask the candidates with the grammar; while too few allowed ones are left to be sure
         of the answer, widen the shortlist 16-fold (at last to the whole vocabulary, which costs
-        a grammar check of every token: ~20 ms on 49k tokens) and mask again."""
+        a grammar check of every token: 33 ms on SmolLM2's 49k on a busy 2-core box) and mask
+        again."""
         m = self._keep + (0 if recent is None else len(recent))
         while True:
             llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(cur))
