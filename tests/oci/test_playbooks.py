@@ -224,3 +224,11 @@ def test_bake_cleans_the_seed_and_captures_a_tagged_image_once(standin, ansible,
     rc, out, log = ansible(PLAYBOOKS / "bake.yml", args, "-i", str(inv))
     assert rc == 0, log
     assert len(standin.of("Image")) == 1 and changed_tasks(out) == [], "the same build is not captured twice"
+
+    # A seed whose NGINX trusts proxies of its own would keep pool nodes from trusting their balancer.
+    site = seed_root / "etc/nginx/sites-enabled/ampere-llm"
+    site.parent.mkdir(parents=True)
+    site.write_text("server {\n    set_real_ip_from 192.0.2.0/24;\n}\n")
+    rc, out, log = ansible(PLAYBOOKS / "bake.yml", args, "-i", str(inv))
+    assert rc != 0
+    assert "web_trusted_proxies=[]" in task_results(out, "The image leaves trusted proxies to the pool")["msg"]

@@ -221,7 +221,6 @@ class Oci:
             raise OciError(f"{what} failed: {errs or wr.message}")
         return wr
 
-
     def wait_compute_work(self, response, what, resource_id=None, since=None):
         """Instance pool creates and updates are accepted at once and launch later: a launch that
         fails ("Out of host capacity.", a service limit) fails only in the compute work request.

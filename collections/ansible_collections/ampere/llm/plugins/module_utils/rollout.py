@@ -165,8 +165,10 @@ class Rollout:
     def _drain_one(self, node, min_healthy):
         drained = {e["node"] for e in self.events if e["action"] == "drain"}
         removed = {e["node"] for e in self.events if e["action"] == "remove"}
-        # Serving after this drain = healthy, not drained, not removed, minus this node.
-        serving = lambda: len(self.provider.healthy() - drained - removed - {node.id})  # noqa: E731
+
+        def serving():
+            """Serving after this drain: healthy, not drained, not removed, minus this node."""
+            return len(self.provider.healthy() - drained - removed - {node.id})
         if not self._until(lambda: serving() >= min_healthy, self.health_timeout):
             raise RuntimeError(f"draining {node.id} would leave {serving()} healthy node(s), below "
                                f"min_healthy={min_healthy}")

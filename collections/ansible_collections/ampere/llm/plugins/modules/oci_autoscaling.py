@@ -7,7 +7,7 @@ module: oci_autoscaling
 short_description: Threshold autoscaling configuration for an ampere-llm instance pool
 version_added: 0.1.0
 author:
-- ampere-llm maintainers
+- ampere-llm maintainers (!UNKNOWN)
 description:
 - One threshold policy on the pool's average CPU; add a node above scale_out_cpu percent, remove one below scale_in_cpu,
   within min_nodes..max_nodes.

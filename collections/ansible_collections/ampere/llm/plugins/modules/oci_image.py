@@ -7,7 +7,7 @@ module: oci_image
 short_description: Custom image of an ampere-llm seed instance
 version_added: 0.1.0
 author:
-- ampere-llm maintainers
+- ampere-llm maintainers (!UNKNOWN)
 description:
 - Creates a custom image from instance_id and waits until it is AVAILABLE. OCI takes the instance offline while
   it captures the boot volume.

@@ -7,7 +7,7 @@ module: oci_instance_configuration
 short_description: Instance configuration (launch template) for ampere-llm pool nodes
 version_added: 0.1.0
 author:
-- ampere-llm maintainers
+- ampere-llm maintainers (!UNKNOWN)
 description:
 - OCI instance configurations cannot be changed once made. This module looks for a configuration called name whose
   ampere-llm-spec tag is the hash of the desired launch details, and creates one only when none matches.
@@ -109,7 +109,7 @@ def main():
         memory_gbs=dict(type="float", default=16),
         boot_volume_gbs=dict(type="int", default=50),
         assign_public_ip=dict(type="bool", default=True),
-        ssh_authorized_keys=dict(type="str", default=""),
+        ssh_authorized_keys=dict(type="str", default="", no_log=False),  # public keys: not secret
         user_data=dict(type="str", default=""),
     ), required_if=[("state", "present", ["image_id", "subnet_id"])])
     p, o = mod.params, mod.oci

@@ -7,7 +7,7 @@ module: oci_instance_pool
 short_description: Instance pool of ampere-llm nodes behind the load balancer
 version_added: 0.1.0
 author:
-- ampere-llm maintainers
+- ampere-llm maintainers (!UNKNOWN)
 description:
 - Creates (or finds by display name) an instance pool placed in one availability domain and attached to the load
   balancer's backend set; OCI registers each node as a backend.

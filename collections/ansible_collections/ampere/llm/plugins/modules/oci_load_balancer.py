@@ -8,7 +8,7 @@ module: oci_load_balancer
 short_description: Public flexible load balancer for an ampere-llm pool
 version_added: 0.1.0
 author:
-- ampere-llm maintainers
+- ampere-llm maintainers (!UNKNOWN)
 description:
 - Creates (or finds by display name) a public flexible load balancer with one HTTP listener and one backend set.
   Backends are not managed here; the instance pool registers its nodes.
@@ -258,7 +258,7 @@ def main():
         """Health checker and policy back to what is wanted, WITHOUT touching the backends: OCI's
         update replaces the whole list, so send the list of this etag; 412 means the pool registered
         a node since the read: read again."""
-        for _ in range(5):
+        for attempt in range(5):  # a few re-reads; the count is all that matters
             got = o.call(lb.get_backend_set, cur_id[0], bs_name)
             backends = [m.BackendDetails(ip_address=b.ip_address, port=b.port, weight=b.weight, backup=b.backup,
                                          drain=b.drain, offline=b.offline) for b in got.data.backends or []]

@@ -8,7 +8,7 @@ module: oci_network
 short_description: The VCN, subnets, gateway, routes and security lists of an ampere-llm pool
 version_added: 0.1.0
 author:
-- ampere-llm maintainers
+- ampere-llm maintainers (!UNKNOWN)
 description:
 - Creates (or finds by display name) a VCN with an internet gateway, a route table to it, a public subnet for the
   load balancer and a public subnet for the nodes.
@@ -194,8 +194,8 @@ def main():
         rt = ensure("route table", f"{name}-rt", net.list_route_tables, net.create_route_table,
                     m.CreateRouteTableDetails(compartment_id=comp, vcn_id=vid, route_rules=rules,
                                               display_name=f"{name}-rt"), net.get_route_table, under)
-        port, everywhere = p["listen_port"], [m.EgressSecurityRule(protocol="all", destination="0.0.0.0/0",
-                                                                  destination_type="CIDR_BLOCK")]
+        port = p["listen_port"]
+        everywhere = [m.EgressSecurityRule(protocol="all", destination="0.0.0.0/0", destination_type="CIDR_BLOCK")]
         lb_in = [tcp_in("0.0.0.0/0", port), path_mtu()] + ([tcp_in("0.0.0.0/0", p["https_port"])] if p["https_port"] else [])
         lb_out = [m.EgressSecurityRule(protocol="6", destination=p["node_subnet_cidr"], destination_type="CIDR_BLOCK",
                                        tcp_options=m.TcpOptions(destination_port_range=m.PortRange(min=port, max=port)))]

@@ -8,7 +8,7 @@ module: oci_preflight
 short_description: Check IAM rights, availability domain, shape and limits before an ampere-llm pool is made
 version_added: 0.2.0
 author:
-- ampere-llm maintainers
+- ampere-llm maintainers (!UNKNOWN)
 description:
 - Reads, once each, every OCI API that pool.yml and rollout.yml will change (networking, compute images and shapes,
   instance configurations and pools, compute work requests, load balancers, autoscaling). OCI answers 404

@@ -7,7 +7,7 @@ module: oci_rollout
 short_description: Replace an instance pool's nodes with nodes of a new instance configuration, safely
 version_added: 0.1.0
 author:
-- ampere-llm maintainers
+- ampere-llm maintainers (!UNKNOWN)
 description:
 - OCI does not replace a pool's running instances when its configuration changes. This module does, with the collection's
   one roll-out algorithm (module_utils/rollout.py).
