@@ -193,3 +193,20 @@ async def test_openapi_documents_what_is_implemented_accepted_and_refused(client
     assert "json_schema" in props["response_format"]["properties"]
     gen = doc["components"]["schemas"]["GenerateRequest"]["properties"]
     assert {"json_schema", "response_format", "frequency_penalty", "presence_penalty"} <= set(gen)
+
+
+async def test_include_usage_on_both_routes(client):
+    from backend_helpers import sse_events
+    for route, body in (("chat/completions", {"messages": HI}), ("completions", {"prompt": "Hi"})):
+        r = await client.post(f"/v1/{route}", json={**body, **GREEDY, "stream": True,
+                                                     "stream_options": {"include_usage": True}})
+        data = [d for name, d in await sse_events(r) if name == "message"]
+        assert data[-1] == "[DONE]"
+        *chunks, last = data[:-1]
+        assert last["choices"] == [] and last["usage"]["completion_tokens"] == 4
+        assert last["usage"]["total_tokens"] == sum(last["usage"][k] for k in (
+            "prompt_tokens", "completion_tokens"))
+        assert all(c["usage"] is None for c in chunks)
+        r = await client.post(f"/v1/{route}", json={**body, **GREEDY, "stream": True})
+        data = [d for name, d in await sse_events(r) if name == "message"]
+        assert all("usage" not in c for c in data[:-1])  # not asked: not sent
