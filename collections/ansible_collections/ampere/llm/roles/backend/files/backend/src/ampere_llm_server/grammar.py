@@ -68,11 +68,17 @@ def to_gbnf(schema: Any) -> str:
     Raises Unsupported naming the first keyword (and where) that the grammar would not enforce."""
     if not isinstance(schema, dict):
         raise Unsupported("the schema must be a JSON object")
-    schema = _normalize(json.loads(json.dumps(schema)))  # a copy: the converter edits $ref too
+    try:  # a copy: the converter edits $ref too
+        schema = _normalize(json.loads(json.dumps(schema)))
+    except RecursionError:
+        raise Unsupported(f"nested more than {MAX_DEPTH} levels deep") from None
     check(schema)
     converter = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    # resolve_refs does not look inside a node that has a $ref, and pydantic writes a recursive
+    # model as {"$ref", "$defs"}: give it the root's keys one level up, then the root itself
+    wrapper = {**{k: v for k, v in schema.items() if k != "$ref"}, " root": schema}
     try:
-        resolved = converter.resolve_refs(schema, "schema")
+        resolved = converter.resolve_refs(wrapper, "schema")[" root"]
         converter.visit(resolved, "")
     except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise Unsupported(f"the schema cannot be turned into a grammar: {e}") from None
