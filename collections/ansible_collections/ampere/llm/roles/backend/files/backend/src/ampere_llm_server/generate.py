@@ -131,7 +131,9 @@ async def prepare(request: web.Request, body: dict, *, prompt: str | None = None
     engine = _open_engine(request)
     if messages is not None:
         messages = chat_messages(messages)
-    gbnf = await asyncio.to_thread(grammar_of, body)  # a large schema takes a moment
+    structured = body.get("response_format") is not None or body.get("json_schema") is not None
+    # off the loop: a large schema takes a moment to convert
+    gbnf = await asyncio.to_thread(grammar_of, body) if structured else None
 
     def to_tokens() -> list[int]:
         text = engine.render_chat(messages) if messages is not None else prompt
