@@ -188,3 +188,40 @@ def test_the_grammar_bounds_whitespace_so_a_whitespace_loving_model_ends(vocab):
     from llama_cpp.llama_grammar import JSON_ARR_GBNF  # ws ::= ([ \t\n] ws)?
     out, ended = run(JSON_ARR_GBNF)
     assert not ended and len(out.strip()) <= 2, out[:40]  # whitespace until the limit
+
+
+def accepts(vocab, tokens: list[int], gbnf: str) -> bool:
+    """Whether the grammar lets exactly these tokens through, then the end of the sequence: at
+    each step the wanted token has the best logit and must be what is picked."""
+    s = Sampler(SamplingParams(temperature=0, repeat_penalty=1.0, grammar=gbnf), N_VOCAB, vocab)
+    eog = [t for t in range(N_VOCAB) if llama_cpp.llama_vocab_is_eog(vocab, t)][0]
+    try:
+        for want in [*tokens, eog]:
+            logits = np.zeros(N_VOCAB, np.float32)
+            logits[want] = 10
+            if s.pick(logits) != want:
+                return False
+    except Exception:  # noqa: BLE001 - NoTokenAllowed: nothing fits at all
+        return False
+    finally:
+        s.close()
+    return True
+
+
+def test_enum_values_and_keys_with_escapes_come_out_as_their_json(vocab, smollm2_model):
+    from llama_cpp._internals import LlamaModel
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = LlamaModel(path_model=str(smollm2_model), params=params, verbose=False)
+    bytewise = lambda s: [t for ch in s.encode() for t in model.tokenize(bytes([ch]), False, False)]  # noqa: E731
+    try:
+        odd = ['say "hi"', "two\nlines", "back\\slash"]
+        gbnf = grammar.to_gbnf({"type": "object", "properties": {'k"\\': {"enum": odd}},
+                                "required": ['k"\\']})
+        for value in odd:
+            text = json.dumps({'k"\\': value}, separators=(",", ":"))
+            assert accepts(vocab, bytewise(text), gbnf), text
+        # what llama-cpp-python's converter alone would have let through instead: a raw newline
+        assert not accepts(vocab, bytewise('{"k\\"\\\\":"two\nlines"}'), gbnf)
+    finally:
+        model.close()

@@ -62,6 +62,11 @@ class _Converter(SchemaConverter):
     def _add_primitive(self, name: str, rule: BuiltinRule):
         return super()._add_primitive(name, _JSON_CHAR if name == "char" else rule)
 
+    def _format_literal(self, literal: str) -> str:
+        # llama-cpp-python's copy leaves backslashes alone, so GBNF read the escapes of a JSON
+        # literal (an enum value "a\\nb", a key with a quote) as its own: llama.cpp's escapes them
+        return super()._format_literal(literal.replace("\\", "\\\\"))
+
 
 def to_gbnf(schema: Any) -> str:
     """A JSON schema -> GBNF text whose every complete sentence is JSON that the schema accepts.
