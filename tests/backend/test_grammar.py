@@ -66,6 +66,9 @@ REFUSED = [
     ({"properties": {"a": {}}, "required": ["b"]}, "required names b"),
     ({"$defs": {"x": {"type": "number", "multipleOf": 2}}}, "$defs.x: keyword 'multipleOf'"),
     ({"type": "string", "pattern": "a+"}, "pattern must be anchored"),
+    ({"type": "string", "pattern": r"^\bword$"}, r"\b is not supported"),
+    ({"type": "string", "pattern": '^say "hi"$'}, "the JSON string would have to escape it"),
+    ({"type": "string", "pattern": r"^[ -~]+$"}, "holds a quote, backslash or control character"),
     ({"type": "array", "items": {}, "maxItems": 100000}, "maxItems over 256"),
     ({"$ref": "https://example.com/x.json"}, "only local $ref"),
     ({"type": "date"}, "type must be one of"),
@@ -77,3 +80,13 @@ def test_what_the_grammar_cannot_enforce_is_refused_by_name(schema, says):
     with pytest.raises(grammar.Unsupported) as e:
         grammar.to_gbnf(schema)
     assert says in str(e.value)
+
+
+@pytest.mark.parametrize("pattern, rule", [
+    (r"^\d{3}-\d{4}$", '"-"'), (r"^\w+@\w+\.com$", r'"@" [a-zA-Z0-9_]+ [\x2E] "com"'),
+    (r"^.+$", r"[^\x22\x5C\x00-\x1F\x7F]+"), (r"^[^\s,]+$", r"[^ ,\x22\x5C\x00-\x1F\x7F]+")])
+def test_regex_escapes_become_gbnf_and_keep_json_strings_valid(pattern, rule):
+    """\\d \\w \\s and escaped punctuation are spelled for GBNF; `.` and [^...] leave out what a
+    JSON string would have to escape."""
+    gbnf = grammar.to_gbnf({"type": "string", "pattern": pattern})
+    assert rule in gbnf, gbnf

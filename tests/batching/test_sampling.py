@@ -223,5 +223,10 @@ def test_enum_values_and_keys_with_escapes_come_out_as_their_json(vocab, smollm2
             assert accepts(vocab, bytewise(text), gbnf), text
         # what llama-cpp-python's converter alone would have let through instead: a raw newline
         assert not accepts(vocab, bytewise('{"k\\"\\\\":"two\nlines"}'), gbnf)
+        # a pattern applies to the value; the JSON text around it keeps quotes out of the string
+        gbnf = grammar.to_gbnf({"type": "string", "pattern": r"^.+\.\d$"})
+        assert accepts(vocab, bytewise('"a b.7"'), gbnf)
+        assert not accepts(vocab, bytewise('"a"b.7"'), gbnf)
+        assert not accepts(vocab, bytewise('"a b:7"'), gbnf)
     finally:
         model.close()

@@ -1,10 +1,12 @@
 """Structured output: `response_format` / `json_schema` -> a GBNF grammar for llama.cpp's grammar sampler.
 
 The conversion is llama-cpp-python's own (`llama_cpp.llama_grammar.SchemaConverter`, a port of
-llama.cpp's json-schema-to-grammar), with one rule changed and the schema checked first:
+llama.cpp's json-schema-to-grammar), with the schema checked first and three fixes (literals
+escape backslashes as llama.cpp's converter does; patterns are spelled for GBNF and kept to what a
+JSON string holds unescaped, `_json_safe_pattern`; and the string rule below):
 
-- A JSON string may not hold raw control characters (json.loads refuses them; llama.cpp's
-  converter allows them, so a small model could write raw newlines into a string). Between
+- A JSON string may not hold raw control characters (json.loads refuses them; the converter's
+  string rule allows them, so a small model could write raw newlines into a string). Between
   tokens the converter allows one optional space, nothing else: small models under a looser JSON
   grammar fill max_tokens with whitespace, and this bound is what makes a constrained answer end.
 - The converter silently skips keywords it does not implement (`minimum`, `not`, `uniqueItems`,
@@ -126,6 +128,8 @@ def _normalize(node: Any, depth: int = 0) -> Any:
             node[key] = _normalize(node[key], depth + 1)
         elif key == "items" and isinstance(node.get(key), list):
             node[key] = [_normalize(s, depth + 1) for s in node[key]]
+    if isinstance(node.get("pattern"), str):
+        node["pattern"] = _json_safe_pattern(node["pattern"])
     constraints = set(node) & _CONSTRAINTS
     if constraints == {"allOf"} and isinstance(node["allOf"], list) and len(node["allOf"]) == 1 \
             and isinstance(node["allOf"][0], dict):
@@ -133,6 +137,98 @@ def _normalize(node: Any, depth: int = 0) -> Any:
     if not constraints:
         return {**node, **_ANY_VALUE}
     return node
+
+
+# Code points a JSON string must escape: a pattern applies to the string's value, but the grammar
+# writes the JSON text, so the converter's rules for patterns must never produce these raw.
+_MUST_ESCAPE = frozenset([0x22, 0x5C, 0x7F, *range(0x20)])
+_NOT_THEM = r"\x22\x5C\x00-\x1F\x7F"
+# \s is a space only: a tab or newline in the value would need an escape in the JSON text
+_CLASSES = {"d": ("0-9", [(0x30, 0x39)]), "w": ("a-zA-Z0-9_", [(0x61, 0x7A), (0x41, 0x5A),
+                                                                (0x30, 0x39), (0x5F, 0x5F)]),
+            "s": (" ", [(0x20, 0x20)])}
+_HEX = {"x": 2, "u": 4, "U": 8}
+
+
+def _json_safe_pattern(pattern: str) -> str:
+    r"""A regex as the converter can pass it on to GBNF, matching only what a JSON string can
+    hold unescaped: the converter knows neither \d \w \s nor escaped punctuation beyond its own
+    few, and its `.` and `[^...]` would let raw quotes, backslashes and control characters into
+    the JSON. Classes become brackets, punctuation a \xHH escape, `.` and `[^...]` leave those
+    characters out; a pattern that asks for one of them, or for \b, back-references, \p{...}, is
+    refused by name."""
+    def refuse(what: str):
+        raise Unsupported(f"pattern {pattern!r}: {what} is not supported")
+
+    def atom(i: int) -> tuple[str, list, int]:
+        """One character (or class escape) at i: (GBNF text, code point ranges, next index)."""
+        c = pattern[i]
+        if c != "\\":
+            return c, [(ord(c), ord(c))], i + 1
+        if i + 1 >= len(pattern):
+            refuse("a trailing backslash")
+        e = pattern[i + 1]
+        if e.lower() in _CLASSES:
+            if e.isupper():
+                body, _ = _CLASSES[e.lower()]
+                return f"[^{body}{_NOT_THEM}]", None, i + 2  # outside [...] only (checked below)
+            body, ranges = _CLASSES[e]
+            return body, ranges, i + 2
+        if e in _HEX:
+            digits = pattern[i + 2:i + 2 + _HEX[e]]
+            if not re.fullmatch(r"[0-9a-fA-F]+", digits or "-") or len(digits) != _HEX[e]:
+                refuse(f"\\{e}{digits}")
+            return f"\\{e}{digits}", [(int(digits, 16),) * 2], i + 2 + _HEX[e]
+        if e in "tnr":
+            return f"\\{e}", [(ord({"t": "\t", "n": "\n", "r": "\r"}[e]),) * 2], i + 2
+        if e.isalnum() or ord(e) > 0xFF:
+            refuse(f"\\{e}")
+        return f"\\x{ord(e):02X}", [(ord(e), ord(e))], i + 2
+
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "[":
+            j = i + 1
+            negated = pattern[j:j + 1] == "^"
+            j += negated
+            body, ranges = [], []
+            while j < len(pattern) and pattern[j] != "]":
+                if pattern[j:j + 2] in ("\\D", "\\W", "\\S"):
+                    refuse(f"{pattern[j:j + 2]} inside [...]")
+                text, r, j = atom(j)
+                if pattern[j:j + 1] == "-" and pattern[j + 1:j + 2] not in ("", "]") and r \
+                        and len(r) == 1:
+                    text2, r2, j = atom(j + 1)
+                    if not r2 or len(r2) != 1:
+                        refuse("a range to a class")
+                    text, r = f"{text}-{text2}", [(r[0][0], r2[0][1])]
+                body.append(text)
+                ranges += r
+            if j >= len(pattern):
+                refuse("an unclosed [")
+            if negated:
+                out.append(f"[^{''.join(body)}{_NOT_THEM}]")
+            elif any(lo <= cp <= hi for lo, hi in ranges for cp in _MUST_ESCAPE):
+                refuse(f"[{''.join(body)}] (it holds a quote, backslash or control character, "
+                       "which the JSON string would have to escape)")
+            else:
+                out.append(f"[{''.join(body)}]")
+            i = j + 1
+        elif c == ".":
+            out.append(f"[^{_NOT_THEM}]")
+            i += 1
+        elif c == "\\" and pattern[i + 1:i + 2] in tuple("[]()|{}*+?.") and \
+                pattern[i + 1:i + 2] != ".":
+            out.append(pattern[i:i + 2])             # the converter reads these itself
+            i += 2
+        else:
+            text, r, i = atom(i)
+            if r and any(lo <= cp <= hi for lo, hi in r for cp in _MUST_ESCAPE):
+                refuse(f"{text!r} (the JSON string would have to escape it)")
+            # a class body or an escape as a one-item class: the converter copies [...] as it is
+            out.append(f"[{text}]" if r and len(text) > 1 else text)
+    return "".join(out)
 
 
 def check(schema: dict, path: str = "", depth: int = 0) -> None:
