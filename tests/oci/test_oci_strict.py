@@ -4,8 +4,11 @@ health data, principals without a policy, lost answers to creates, pre-terminati
 HTTPS on the load balancer."""
 import base64
 import datetime
+import shutil
+import subprocess
 
 import pytest
+import yaml
 from ocitest import COMPARTMENT, ROOT, changed_tasks, task_results
 
 PLAYBOOKS = ROOT / "playbooks"
@@ -144,17 +147,29 @@ def test_rollouts_meet_capacity_failure_no_health_data_conflicts_and_a_shape_cha
     assert {n.instance_configuration_id for n in pool_nodes(standin)} == {cfg.id}
 
 
-def test_a_running_pool_trusts_its_balancer_keeps_backends_and_drains_leaving_nodes(standin, ansible, pool, oci_key):
+def test_a_running_pool_trusts_its_balancer_keeps_backends_and_drains_leaving_nodes(standin, ansible, pool, oci_key,
+                                                                                    tmp_path):
     import time
 
     import oci
 
     # The nodes' NGINX takes client addresses from X-Forwarded-For of the balancer's subnet only:
-    # cloud-init writes it (the image is baked before the pool's network exists).
+    # cloud-init's first command writes the include (the image is baked before the pool's network
+    # exists). Run that command as cloud-init would, into a scratch directory, and have NGINX check it.
     cfg = standin.res[pool["config"]]
-    user_data = base64.b64decode(cfg.instance_details.launch_details.metadata["user_data"]).decode()
-    assert "path: /etc/nginx/conf.d/ampere-llm-trusted-proxies.conf" in user_data
-    assert "      set_real_ip_from 10.0.0.0/24;\n      real_ip_header X-Forwarded-For;" in user_data, user_data
+    user_data = yaml.safe_load(base64.b64decode(cfg.instance_details.launch_details.metadata["user_data"]))
+    include = tmp_path / "ampere-llm-trusted-proxies.conf"
+    subprocess.run(["sh", "-c", user_data["runcmd"][0].replace("/etc/nginx/conf.d/ampere-llm-trusted-proxies.conf",
+                                                              str(include))], check=True)
+    assert include.read_text() == ("set_real_ip_from 10.0.0.0/24;\n"
+                                   "real_ip_header X-Forwarded-For;\nreal_ip_recursive on;\n")
+    nginx = shutil.which("nginx", path="/usr/sbin:/usr/bin")
+    if nginx:  # the web tests need it anyway; where it is missing, the text check above still holds
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n    include {include};\n"
+                        f"    server {{ listen 127.0.0.1:1; }}\n}}\n")
+        test = subprocess.run([nginx, "-t", "-q", "-c", str(conf)], capture_output=True, text=True)
+        assert test.returncode == 0, test.stderr
 
     # Drift repair of the health check while the pool registers a node right after the module read
     # the backend set: the update (which REPLACES the backend list) must not drop that node.
