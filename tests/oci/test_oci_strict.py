@@ -54,11 +54,12 @@ def test_a_shape_missing_from_the_chosen_availability_domain_fails_before_anythi
     assert "VM.Standard.A2.Flex is not offered in Uocm:STANDIN-AD-2" in msg and "Uocm:STANDIN-AD-1" in msg, msg
     assert standin.mutations() == []
 
-    standin.core_limit["standard-a2-core-count"] = 12  # 3 nodes of 2 A2 OCPUs; a roll-out of 4 -> 8 needs 32
+    standin.core_limit["standard-a2-core-count"] = 6  # one and a half nodes of 2 A2 OCPUs (4 cores each)
     rc, out, log = ansible(PLAYBOOKS / "pool.yml", {"image_id": image})
     assert rc != 0
     msg = task_results(out, PREFLIGHT)["msg"]
-    assert "standard-a2-core-count" in msg and "needs 32" in msg and "limit increase" in msg, msg
+    assert "standard-a2-core-count" in msg and "leaves 6 cores" in msg and "needs 8" in msg, msg
+    assert "limit increase" in msg, msg
     assert standin.mutations() == []
 
 

@@ -16,8 +16,9 @@ description:
   collects every such refusal and fails with the policy statements to add, before anything is created.
 - Checks that the availability domain exists and offers the shape (list_shapes); without availability_domain it picks
   the first one that does and returns it.
-- Reads the shape's core limit (Limits service, resource availability) where the principal may, and fails when fewer
-  cores are free than the pool at its largest during a roll-out needs; if the limit cannot be read it only says so.
+- Reads the shape's core limit (Limits service, resource availability) where the principal may. It fails when the
+  pool at min_nodes would not fit and warns when the pool at max_nodes (a roll-out doubles it) would not; the cores
+  of the pool's own running nodes (pool_name) count as its own. If the limit cannot be read it only says so.
 - 'Limits of the approach: a read proves the principal holds at least inspect/read on the family, not manage. A policy
   that grants only read or use passes here and still fails at the first create. pool.yml therefore creates the free
   resources (network, instance configuration) before the billable ones (load balancer, instances). OCI has no API that
@@ -42,10 +43,18 @@ options:
   image_id:
     type: str
     description: The image the pool will boot; checked readable.
+  min_nodes:
+    type: int
+    description: Nodes the pool starts with; the limit must leave room for them.
+    default: 2
   max_nodes:
     type: int
-    description: The most nodes the pool may run at once (during a roll-out, up to twice the autoscaling maximum).
+    description: The most nodes the pool may run at once (during a roll-out, up to twice the autoscaling maximum); a
+      warning when the limit leaves no room for them.
     default: 8
+  pool_name:
+    type: str
+    description: Display name of the instance pool, if it exists already; its nodes' cores are its own.
   cores_per_ocpu:
     type: int
     description: Cores the limit counts per OCPU (2 on Ampere A2, 1 on A1).
@@ -107,7 +116,9 @@ def main():
         ocpus=dict(type="float", default=2),
         availability_domain=dict(type="str"),
         image_id=dict(type="str"),
+        min_nodes=dict(type="int", default=2),
         max_nodes=dict(type="int", default=8),
+        pool_name=dict(type="str"),
         cores_per_ocpu=dict(type="int", default=2),
     ))
     p, o = mod.params, mod.oci
@@ -166,20 +177,31 @@ def main():
         m = re.match(r"^VM\.Standard\.(\w+)\.Flex$", p["shape"])
         if m:
             name = f"standard-{m.group(1).lower()}-core-count"
-            need = int(p["max_nodes"] * p["ocpus"] * p["cores_per_ocpu"])
+            per_node = p["ocpus"] * p["cores_per_ocpu"]
+            need_min, need_max = int(p["min_nodes"] * per_node), int(p["max_nodes"] * per_node)
+            pool = o.find(o.management.list_instance_pools, comp, name=p["pool_name"]) if p["pool_name"] else None
+            own = int(len([i for i in o.list_all(o.management.list_instance_pool_instances, comp, pool.id)
+                           if i.state.upper() not in ("TERMINATING", "TERMINATED")]) * per_node) if pool else 0
             limits = o.client(oci.limits.LimitsClient)
             try:
                 got = limits.get_resource_availability("compute", name, o.config.get("tenancy") or comp,
                                                        availability_domain=ad).data
-                limit = dict(name=name, available=got.available, used=got.used, needed=need)
+                limit = dict(name=name, available=got.available, used=got.used, own=own,
+                             needed=need_min, needed_in_rollout=need_max)
             except ServiceError as e:
-                limit = dict(name=name, needed=need, unread=f"{e.status} {e.code}")
+                limit = dict(name=name, needed=need_min, needed_in_rollout=need_max, unread=f"{e.status} {e.code}")
                 mod.warn(f"could not read the {name} limit ({e.status} {e.code}): check Governance > Limits yourself; "
-                         f"the pool at its largest (a roll-out) needs {need} cores in {ad}")
-            if limit.get("available") is not None and limit["available"] < need:
-                raise OciError(f"service limit {name} in {ad} has {limit['available']} cores free, the pool at its "
-                               f"largest (max_nodes={p['max_nodes']} during a roll-out) needs {need}: ask for a limit "
-                               f"increase (Governance > Limits, Quotas and Usage) or lower pool_max / node_ocpus")
+                         f"the pool needs {need_min} cores in {ad}, {need_max} at its largest (a roll-out)")
+            if limit.get("available") is not None:
+                room = limit["available"] + own
+                if room < need_min:
+                    raise OciError(f"service limit {name} in {ad} leaves {room} cores for the pool, which needs "
+                                   f"{need_min} ({p['min_nodes']} nodes): ask for a limit increase (Governance > "
+                                   f"Limits, Quotas and Usage), another availability_domain, or fewer nodes/OCPUs")
+                if room < need_max:
+                    mod.warn(f"service limit {name} in {ad} leaves {room} cores: the pool at {p['max_nodes']} nodes "
+                             f"(autoscaling's maximum doubled by a roll-out) needs {need_max}; a roll-out may fail "
+                             f"with a limit error (and roll back)")
         return mod.result(False, dict(availability_domain=ad, checked=checked, limit=limit))
 
     mod.run(body)
