@@ -1,4 +1,4 @@
-"""BatchEngine: continuous batching, up to N sequences sharing each llama_decode (--parallel N>1).
+"""BatchEngine: continuous batching, up to N sequences sharing each llama_decode (--parallel N, 1 too).
 
 One worker thread owns a llama.cpp context with one KV stream per slot (n_seq_max = slots,
 kv_unified = false, so every slot has its own n_ctx tokens and no sequence can crowd another
@@ -37,17 +37,13 @@ from typing import Callable, Sequence
 import llama_cpp
 from llama_cpp._internals import LlamaModel
 
-from .engine import Done, Failed, Job, Token
+from .engine import ConfigError, Done, Failed, Job, Token
 from .sampling import NoTokenAllowed, Sampler
 from .text import FLUSH_TOKEN_ID, TextStream, chat_renderer, token_bytes
 
 log = logging.getLogger("ampere_llm.engine")
 
 GiB = 1 << 30
-
-
-class ConfigError(ValueError):
-    """The engine cannot start with these settings; the message says which setting to change."""
 
 
 @dataclass
@@ -124,7 +120,7 @@ class BatchEngine:
     # --- start-up (worker thread) -----------------------------------------------------------
     def _load(self, path: str, n_ctx: int, n_threads: int) -> None:
         if logging.getLogger("llama-cpp-python").level == logging.NOTSET:
-            # llama.cpp's context chatter off, as Llama(verbose=False) does for SingleEngine.
+            # llama.cpp's context chatter off (the service logs what matters itself).
             logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         mparams = llama_cpp.llama_model_default_params()
         self._model = model = LlamaModel(path_model=path, params=mparams, verbose=False)

@@ -25,6 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # Ubuntu 22.04's Python 3.10: the same parser, from PyPI (pyproject.toml's tomli)
     import tomli as tomllib
 
+from .engine import ConfigError
+
 PROG = "ampere-llm-server"
 
 
@@ -60,7 +62,7 @@ HELP = {
     "port": "listen port (default 8000)",
     "threads": "llama.cpp threads (default: the cores this process may use)",
     "ctx": "context tokens per sequence (default 4096)",
-    "parallel": "sequences generated at once (default 1; >1 uses continuous batching)",
+    "parallel": "sequences generated at once, batched into each decode step (default 1)",
     "max_queue": "requests that may wait for a slot; beyond that 503 + Retry-After (default 8)",
     "api_key_file": "file holding the API key; then /generate and /v1/* need Bearer auth",
     "node_name": "name sent in X-Served-By (default: host name)",
@@ -80,10 +82,6 @@ LIMITS = {"port": (1, 65535), "threads": (1, 1024), "ctx": (64, 1 << 20), "paral
           "max_body_bytes": (1024, 1 << 30), "heartbeat_interval": (0.05, 3600)}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FLASH_ATTN = ("off", "on")
-
-
-class ConfigError(Exception):
-    pass
 
 
 def _options() -> list[tuple[str, type]]:
@@ -182,22 +180,15 @@ def read_api_key(path: str) -> str:
 
 
 def engine_factory(config: Config) -> Callable[[Config], Any]:
-    """The engine for --parallel, chosen (and its module imported) before anything starts."""
+    """The engine, its module imported (and libllama loaded) before anything starts."""
     try:
         import llama_cpp  # noqa: F401 - loads libllama now, not in the middle of serving
+
+        from .batch import BatchEngine
     except (ImportError, OSError, RuntimeError) as e:
         where = os.environ.get("LLAMA_CPP_LIB_PATH", "(LLAMA_CPP_LIB_PATH not set)")
         raise ConfigError(f"cannot load llama.cpp for llama-cpp-python from {where}: {e}") from None
-    if config.parallel == 1:
-        from .single import SingleEngine
-
-        return lambda c: SingleEngine(c.model, n_ctx=c.ctx, n_threads=c.threads,
-                                      flash_attn=c.flash_attn == "on")
-    try:
-        from .batch import BatchEngine
-    except ImportError as e:
-        raise ConfigError(f"--parallel {config.parallel} needs the batching engine, which cannot "
-                          f"be imported ({e}); use --parallel 1") from None
+    # One engine for every --parallel (1 is one slot): the same sampler and code path everywhere.
     return lambda c: BatchEngine(c.model, n_ctx=c.ctx, n_threads=c.threads, slots=c.parallel,
                                  flash_attn=c.flash_attn == "on")
 

@@ -1,9 +1,9 @@
 """The seam between the scheduler (asyncio) and llama.cpp (one worker thread): jobs in, events out.
 
 The scheduler decides *whether* a request may run (auth, queue bound, slots, drain); an engine
-decides *how* tokens are made. Two engines implement the same protocol:
-- `single.SingleEngine`: one sequence at a time (--parallel 1),
-- `batch.BatchEngine`: up to N sequences sharing each llama_decode (continuous batching, --parallel N>1).
+decides *how* tokens are made. One engine implements the protocol: `batch.BatchEngine`, up to
+--parallel sequences sharing each llama_decode (continuous batching; --parallel 1 is one slot).
+Tests may stand in for it with anything that has these members.
 
 An engine owns the model and the context and touches them only from its own thread; `submit` is
 the only entry point and never blocks. The engine reports through `Job.emit`, which the scheduler
@@ -14,6 +14,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol, Sequence, Union
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work (an option, or an engine that cannot start with it); the
+    message says which setting to change. One class for cli.py's checks and the engines'."""
 
 
 @dataclass(frozen=True)
@@ -84,3 +89,35 @@ class Engine(Protocol):
     def close(self) -> None:
         """Cancel what runs, stop the worker thread, free the model."""
         ...
+
+
+WARM_UP = SamplingParams(max_tokens=8, temperature=0.0, seed=0)
+
+
+def warm_up(engine: Engine, timeout: float = 300.0) -> Done | None:
+    """One short greedy generation before the service says it is ready, so the first user does not
+    pay for cold caches (weights paged in, llama.cpp's first-use allocations and thread start-up).
+    The prompt is the chat template's opening when the model has one, so its cells stay in a slot
+    as a reusable prefix. Returns the Done, or None if it did not end within `timeout` (cancelled
+    then: a slow start is no reason to refuse work). Raises RuntimeError if the engine failed it."""
+    try:
+        text = engine.render_chat([{"role": "user", "content": "Hi"}])
+    except ValueError:  # no chat template
+        text = "Hello"
+    ended: list[Event] = []
+    finished = threading.Event()
+
+    def emit(ev: Event) -> None:
+        if isinstance(ev, (Done, Failed)):
+            ended.append(ev)
+            finished.set()
+
+    job = Job(engine.tokenize(text), WARM_UP, emit)
+    engine.submit(job)
+    if not finished.wait(timeout):
+        job.cancelled.set()
+        finished.wait(timeout)
+        return None
+    if isinstance(ended[0], Failed):
+        raise RuntimeError(f"the warm-up generation failed: {ended[0].message}")
+    return ended[0]
