@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
+
+from sse import aiter_events  # scripts/sse.py, the repository's one SSE reader
 
 
 async def wait_ready(client, timeout: float = 30) -> None:
@@ -13,15 +14,5 @@ async def wait_ready(client, timeout: float = 30) -> None:
 
 async def sse_events(resp) -> list[tuple[str, object]]:
     """[(event name, parsed data)] for data events ("message" when unnamed), ("comment", text)."""
-    events, name = [], "message"
-    async for raw in resp.content:
-        line = raw.decode().rstrip("\n")
-        if line.startswith(":"):
-            events.append(("comment", line[1:].strip()))
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data = line[5:].strip()
-            events.append((name, data if data == "[DONE]" else json.loads(data)))
-            name = "message"
-    return events
+    return [(e.name, e.data if e.name == "comment" or e.data == "[DONE]" else e.json())
+            async for e in aiter_events(resp)]

@@ -2,7 +2,6 @@
 the openai client streaming, stop strings, seeds, cancellation on disconnect, drain on SIGTERM."""
 from __future__ import annotations
 
-import json
 import re
 import signal
 import time
@@ -10,6 +9,7 @@ import time
 import aiohttp
 import openai
 import pytest
+from sse import aiter_events  # scripts/sse.py
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}]
@@ -20,17 +20,9 @@ async def post(server, body: dict) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def events(content) -> list[tuple[str, dict]]:
-    """Parse SSE lines from an aiohttp response's content until it ends."""
-    out, name = [], "message"
-    async for raw in content:
-        line = raw.decode().strip()
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            out.append((name, json.loads(line[5:])))
-            name = "message"
-    return out
+async def events(stream) -> list[tuple[str, dict]]:
+    """The rest of an aiter_events stream until it ends: [(name, parsed data)], no heartbeats."""
+    return [(e.name, e.json()) async for e in stream if e.name != "comment"]
 
 
 def metric(server, name: str, labels: str = "") -> float:
@@ -113,7 +105,7 @@ async def test_stop_strings(smol):
     assert len(stop) == 6 and full.index(stop) > 0
     async with aiohttp.ClientSession() as s, s.post(
             smol.url + "/generate", json={**base, "stream": True, "stop": [stop, "zzz-never"]}) as r:
-        ev = await events(r.content)
+        ev = await events(aiter_events(r))
     text = "".join(d["token"] for n, d in ev if n == "message")
     assert text == full[: full.index(stop)]
     assert ev[-1] == ("done", ev[-1][1]) and ev[-1][1]["finish_reason"] == "stop"
@@ -131,9 +123,9 @@ async def test_empty_prompt_is_400(smol):
     assert status == 400 and body["error"]["message"] == "prompt is empty"
 
 
-async def first_token(content) -> None:
-    async for raw in content:
-        if raw.startswith(b"data:"):
+async def first_token(stream) -> None:
+    async for e in stream:
+        if e.name == "message":
             return
 
 
@@ -142,7 +134,7 @@ async def test_disconnect_cancels_generation_and_frees_the_slot(run_server, smol
     async with aiohttp.ClientSession() as s, s.post(
             server.url + "/generate",
             json={"messages": STORY, "temperature": 0, "max_tokens": 1000}) as r:
-        await first_token(r.content)
+        await first_token(aiter_events(r))
         assert metric(server, "ampere_llm_slots_busy") == 1
         r.close()  # the client goes away mid-stream
     wait_for(lambda: metric(server, "ampere_llm_generations_total",
@@ -159,13 +151,14 @@ async def test_sigterm_drains_in_flight_then_exits_0(run_server, smollm2_model):
     async with aiohttp.ClientSession() as s, s.post(
             server.url + "/generate",
             json={"messages": STORY, "temperature": 0, "max_tokens": 150}) as r:
-        await first_token(r.content)
+        stream = aiter_events(r)
+        await first_token(stream)
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: server.get("/readyz")[0] == 503, timeout=10, what="/readyz 503")
         status, body = await post(server, {"prompt": "Hi", "max_tokens": 2})
         assert status == 503 and body["error"]["type"] == "draining"
         assert server.get("/healthz")[0] == 200  # alive while it drains
-        rest = await events(r.content)
+        rest = await events(stream)
     assert rest[-1][0] == "done" and rest[-1][1]["finish_reason"] in ("length", "stop")
     assert server.proc.wait(30) == 0
 
@@ -175,8 +168,9 @@ async def test_drain_timeout_cancels_what_is_left(run_server, smollm2_model):
     async with aiohttp.ClientSession() as s, s.post(
             server.url + "/generate",
             json={"messages": STORY, "temperature": 0, "max_tokens": 1000}) as r:
-        await first_token(r.content)
+        stream = aiter_events(r)
+        await first_token(stream)
         server.proc.send_signal(signal.SIGTERM)
-        rest = await events(r.content)
+        rest = await events(stream)
     assert rest[-1][0] == "done" and rest[-1][1]["finish_reason"] == "cancelled"
     assert server.proc.wait(30) == 0

@@ -9,6 +9,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sse import iter_reads  # scripts/sse.py
 
 from ampere_llm_server import grammar
 from ampere_llm_server.batch import BatchEngine, ConfigError, host_memory_available
@@ -267,18 +268,13 @@ def test_http_parallel_4_streams_concurrently(run_server, smollm2_model):
                            "temperature": 0}).encode()
         req = urllib.request.Request(server.url + "/generate", body,
                                      {"Content-Type": "application/json"})
-        text, done, event = "", None, None
+        text, done = "", None
         with urllib.request.urlopen(req, timeout=60) as r:
-            for line in r:
-                line = line.decode().strip()
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    data = json.loads(line[5:])
-                    if event == "done":
-                        done = data
-                    elif "token" in data:
-                        text += data["token"]
+            for e in (e for read in iter_reads(r) for e in read):
+                if e.name == "done":
+                    done = e.json()
+                elif e.name == "message":
+                    text += e.json()["token"]
         return text, done
 
     alone = [generate(q) for q in QUESTIONS[:4]]  # one at a time: each alone in the engine
