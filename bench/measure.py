@@ -1,6 +1,7 @@
 """Aggregate decode throughput of BatchEngine at 1/2/4/8 concurrent streams, in process (not a test).
 
-Usage: python tests/batching/measure.py MODEL.gguf [THREADS] [MAX_TOKENS]
+Usage: .venv/bin/python bench/measure.py MODEL.gguf [THREADS] [MAX_TOKENS]
+with LLAMA_CPP_LIB_PATH set as the Makefile sets it (its llama.cpp build's bin/).
 Every stream gets its own prompt (no shared prefix beyond the chat template) and runs to
 MAX_TOKENS or end of text; tok/s = all completion tokens / wall time from first submit to last Done.
 The service-level side-by-side with llama-server is `make bench`.
