@@ -9,9 +9,11 @@ It mirrors the OCI flow with real parts, so the whole life of a pool can be seen
 - nodes: containers booted from an image, each in a network namespace of its own that this tool
   creates (/run/netns/<pool>-sK): every node listens on 127.0.0.1 and the same ports, like instances
   from one image on their own VNICs, and nothing listens beyond loopback;
-- balancer: HAProxy (Debian's package) run as a plain process, one server slot per namespace,
-  active HTTP checks on /readyz, leastconn, drain and maintenance through its runtime API socket;
-  optionally TLS with HTTP redirected to HTTPS.
+- balancer: HAProxy (Debian's package) run as a plain process on the configuration the balancer
+  role deploys (its template, rendered here with this pool's values), one server slot per
+  namespace, active HTTP checks on /readyz, leastconn, drain and maintenance through its runtime
+  API socket (plugins/module_utils/haproxy_provider.py, the client the role's membership program
+  uses too); optionally TLS with HTTP redirected to HTTPS.
 
 Rolling replacement is NOT written here: LocalProvider implements rollout.Provider and the shared
 algorithm in plugins/module_utils/rollout.py (also driven by the OCI provider) does the rolling.
@@ -26,8 +28,6 @@ CLI (scripts/demo.sh uses it; state in $AMPERE_LLM_CACHE/pool/<name>/):
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import shutil
@@ -44,6 +44,8 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "collections"))
 
+from ansible_collections.ampere.llm.plugins.module_utils.haproxy_provider import (  # noqa: E402
+    HAProxyError, Runtime)
 from ansible_collections.ampere.llm.plugins.module_utils.rollout import (  # noqa: E402
     Node, Rollout, RolloutFailed, plan)
 
@@ -51,6 +53,7 @@ NSPAWN = ROOT / "scripts/nspawn.sh"
 CLEAN = ROOT / "files/image/clean.sh"
 USER_DATA = ROOT / "files/cloud-init/baked.yaml.j2"
 SEED_VARS = ROOT / "pool/seed-vars.yml"
+BALANCER_ROLE = ROOT / "collections/ansible_collections/ampere/llm/roles/balancer"
 CACHE = Path(os.environ.get("AMPERE_LLM_CACHE", str(Path.home() / ".cache/ampere-llm")))
 BACKEND = "nodes"  # the HAProxy backend holding the node slots
 
@@ -88,6 +91,25 @@ def http_status(url: str, timeout: float = 3) -> int:
         return e.code
     except (OSError, urllib.error.URLError):
         return 0
+
+
+def balancer_values(**values) -> dict:
+    """The balancer role's variables as Ansible sees them: its defaults, then `values`; defaults
+    that are themselves templates (balancer_server_options) rendered with the result."""
+    import jinja2  # Ansible's dependency, in the venv
+    import yaml
+    v = {**yaml.safe_load((BALANCER_ROLE / "defaults/main.yml").read_text()), **values}
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return {k: env.from_string(x).render(**v) if isinstance(x, str) and "{{" in x else x for k, x in v.items()}
+
+
+def render_balancer_config(**values) -> str:
+    """The balancer role's HAProxy template rendered as Ansible's template module renders it
+    (trim_blocks; an undefined variable is an error)."""
+    import jinja2
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(BALANCER_ROLE / "templates"), trim_blocks=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template("haproxy.cfg.j2").render(**balancer_values(**values))
 
 
 @dataclass
@@ -128,6 +150,7 @@ class LocalPool:
         self.dir = CACHE / "pool" / config.name
         self.state_path = self.dir / "state.json"
         self.sock = self.dir / "haproxy.sock"
+        self.rt = Runtime(str(self.sock), BACKEND)
         self.prefix = f"ampere-pool-{config.name}"
         self.seed = f"{self.prefix}-seed"
         self.key = CACHE / "machines/demo_ed25519"  # inventories/local names this key
@@ -239,65 +262,21 @@ class LocalPool:
 
     # ---- HAProxy -----------------------------------------------------------------------------------
     def haproxy_config(self) -> str:
+        """The balancer role's haproxy.cfg.j2 with this pool's values: what `make demo` runs is what
+        the role deploys. Here HAProxy is a plain root process (its servers sit in network
+        namespaces it enters per connection) logging to stderr, with one disabled slot per namespace."""
         c = self.c
-        if c.tls_cert:
-            # Plain HTTP only redirects: an API key never crosses the network in clear text.
-            frontend = (f"    bind 127.0.0.1:{c.port}\n"
-                        f"    bind 127.0.0.1:{c.https_port} ssl crt {self.tls_pem} alpn h2,http/1.1\n"
-                        f"    http-request redirect location https://%[req.hdr(host),field(1,:)]:{c.https_port}"
-                        f"%[capture.req.uri] code 301 unless {{ ssl_fc }}\n"
-                        f"    http-request set-header X-Forwarded-Proto https")
-        else:
-            frontend = f"    bind 127.0.0.1:{c.port}"
-        slots = "\n".join(
-            f"    server s{i} 127.0.0.1:{c.seed_web} namespace {self.netns(f's{i}')} disabled"
-            for i in range(1, c.slots + 1))
-        return f"""# Written by pool/local.py for pool {c.name}. Runs as a plain process; state via {self.sock}.
-global
-    stats socket {self.sock} mode 600 level admin
-    log stderr format short local0 info
-    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets
-    # Checks from every slot at once would hit nodes in step; spread them out.
-    spread-checks 20
-
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 2s
-    timeout client 120s
-    # A stream is never silent that long: the service sends a keep-alive comment every few seconds.
-    timeout server 120s
-    timeout http-request 10s
-    timeout queue 10s
-    # A request whose node refused the connection, closed without a byte, or whose NGINX could
-    # not reach its service (502: nothing was generated) is sent again, to another node.
-    retries 2
-    option redispatch 1
-    retry-on conn-failure empty-response 502
-
-frontend pool
-{frontend}
-    # The nodes learn each client's own address from X-Forwarded-For (their NGINX trusts only this
-    # balancer: web_trusted_proxies), so per-client rate limits and access logs see real clients.
-    # This is the front door: whatever X-Forwarded-For a client sent is dropped, not trusted.
-    http-request del-header X-Forwarded-For
-    option forwardfor
-    default_backend {BACKEND}
-
-backend {BACKEND}
-    # The node with the fewest open requests: generation times vary, so round robin piles up.
-    balance leastconn
-    # Readiness, not liveness: 503 while the model loads or the node drains (docs/CONTRACTS.md).
-    option httpchk
-    http-check send meth GET uri /readyz
-    http-check expect status 200
-    # A node out of the checks' favour has its open streams cut (a vanished host never closes
-    # its sockets: without this they would hang until `timeout server`).
-    default-server check inter {c.check_inter_ms} fastinter {max(c.check_inter_ms // 2, 100)} fall {c.fall} rise {c.rise} on-marked-down shutdown-sessions
-    # One slot per network namespace; `disabled` = maintenance until a node is booted behind it.
-{slots}
-"""
+        return render_balancer_config(
+            balancer_bind_addresses=["127.0.0.1"], balancer_http_port=c.port, balancer_https_port=c.https_port,
+            balancer_tls_certificate=str(self.tls_pem) if c.tls_cert else "",
+            balancer_backend_port=c.seed_web, balancer_check_inter_ms=c.check_inter_ms,
+            balancer_check_fastinter_ms=max(c.check_inter_ms // 2, 100),
+            balancer_check_fall=c.fall, balancer_check_rise=c.rise,
+            balancer_servers=[{"name": f"s{i}", "address": "127.0.0.1", "namespace": self.netns(f"s{i}"),
+                               "disabled": True} for i in range(1, c.slots + 1)],
+            balancer_runtime_socket=str(self.sock), balancer_log_target="stderr format short",
+            balancer_drop_privileges=False,
+            ansible_managed=f"Rendered by pool/local.py for pool {c.name} from the balancer role's template")
 
     def haproxy_pid(self) -> Optional[int]:
         p = self.dir / "haproxy.pid"
@@ -338,23 +317,17 @@ backend {BACKEND}
 
     def admin(self, command: str) -> str:
         """One command on HAProxy's runtime API (the unix socket)."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(str(self.sock))
-            s.sendall(command.encode() + b"\n")
-            out = b""
-            while chunk := s.recv(65536):
-                out += chunk
-        text = out.decode()
-        if command.startswith("set ") and text.strip():
-            raise PoolError(f"haproxy refused `{command}`: {text.strip()}")
-        return text
+        try:
+            return self.rt.command(command)
+        except HAProxyError as e:
+            raise PoolError(str(e)) from None
 
     def stats(self) -> dict[str, dict]:
         """Slot -> HAProxy's `show stat` row (status UP/DOWN/DRAIN/MAINT, scur = open requests, ...)."""
-        text = self.admin("show stat").lstrip("# ")
-        return {r["svname"]: r for r in csv.DictReader(io.StringIO(text))
-                if r["pxname"] == BACKEND and r["svname"].startswith("s")}
+        try:
+            return self.rt.stats()
+        except HAProxyError as e:
+            raise PoolError(str(e)) from None
 
     # ---- nodes ---------------------------------------------------------------------------------------
     def add_node(self, image: str) -> Node:
@@ -369,13 +342,11 @@ backend {BACKEND}
         self.state.slots[slot] = {"node": name, "image": image}
         self.save()
         run("bash", NSPAWN, "boot", name, self.dir / "images" / image, self.netns(slot))
-        # The node enters as DOWN and serves only after `rise` passed checks of its /readyz. Leaving
-        # maintenance alone would make it UP at once (HAProxy keeps its last health), so it gets
-        # weight 0 (no traffic) for the instant between leaving maintenance and being set down.
-        srv = f"{BACKEND}/{slot}"
-        for command in (f"set weight {srv} 0", f"set server {srv} state ready",
-                        f"set server {srv} health down", f"set weight {srv} 100%"):
-            self.admin(command)
+        # The node enters as DOWN and serves only after `rise` passed checks of its /readyz.
+        try:
+            self.rt.enter_checked(slot)
+        except HAProxyError as e:
+            raise PoolError(str(e)) from None
         return Node(name, image)
 
     def remove_node(self, node_id: str) -> None:
@@ -467,10 +438,10 @@ class LocalProvider:
         self.pool.save()
 
     def drain(self, node: Node) -> None:
-        self.pool.admin(f"set server {BACKEND}/{self.pool.slot_of(node.id)} state drain")
+        self.pool.rt.drain(self.pool.slot_of(node.id))
 
     def undrain(self, node: Node) -> None:
-        self.pool.admin(f"set server {BACKEND}/{self.pool.slot_of(node.id)} state ready")
+        self.pool.rt.ready(self.pool.slot_of(node.id))
 
     def in_flight(self, node: Node) -> Optional[int]:
         return int(self.pool.stats()[self.pool.slot_of(node.id)]["scur"] or 0)
@@ -532,7 +503,7 @@ def main(argv=None) -> int:
         elif a.cmd == "down":
             pool.down()
             log(f"pool {a.name} removed (nodes, seed, HAProxy, namespaces, images)")
-    except (PoolError, RolloutFailed) as e:
+    except (PoolError, RolloutFailed, HAProxyError) as e:
         print(f"local.py: {e}", file=sys.stderr)
         return 1
     return 0

@@ -25,8 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import local  # noqa: E402  pool/local.py
 
-CONFIG = local.Config(name="test", port=18290, seed_ssh=22050, seed_backend=18200, seed_web=18280,
-                      slots=4, check_inter_ms=1000, fall=2, rise=2, https_port=18291)
+# AMPERE_LLM_TEST_POOL_OFFSET=N runs a second test pool beside this one (name tN, every port + N): a
+# run's first step removes whatever an earlier run of the same pool left, so two runs of one pool on a
+# shared machine tear each other down. (Not "test-N": the default pool's clean-up globs "test-*".)
+_N = int(os.environ.get("AMPERE_LLM_TEST_POOL_OFFSET", "0"))
+CONFIG = local.Config(name=f"t{_N}" if _N else "test", port=18290 + _N, seed_ssh=22050 + _N,
+                      seed_backend=18200 + _N, seed_web=18280 + _N, slots=4, check_inter_ms=1000, fall=2, rise=2,
+                      https_port=18291 + _N)
 
 
 def self_signed(directory: Path) -> Path:
