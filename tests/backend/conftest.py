@@ -1,7 +1,7 @@
 """Fixtures for the service's own tests: the real app, in process, on the tiny model.
 
 `make_client(**options)` -> aiohttp TestClient of `init_app(Config(model=tiny, **options))` with
-the real SingleEngine; it returns once the model is loaded (/readyz 200). `client` is the default.
+the real engine (cli.engine_factory); it returns once the model is loaded (/readyz 200). `client` is the default.
 Helpers (sse_events, wait_ready) live in backend_helpers.py.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ import threading
 
 import openai
 
-from ampere_llm_server.single import SingleEngine
+from ampere_llm_server.batch import BatchEngine
 from backend_helpers import sse_events, wait_ready
 
 # A generation that holds its slot for seconds on the tiny model (4000 tokens, ctx 4096).
@@ -44,7 +44,7 @@ async def test_readiness_while_the_model_loads(make_client, tiny_model):
 
     def slow_factory(c):
         gate.wait(30)  # the load is held here: what a multi-GB model looks like from outside
-        return SingleEngine(c.model, n_ctx=c.ctx, n_threads=c.threads)
+        return BatchEngine(c.model, n_ctx=c.ctx, n_threads=c.threads, slots=c.parallel)
 
     client = await make_client(factory=slow_factory)
     assert (await client.get("/healthz")).status == 200
@@ -217,18 +217,19 @@ async def test_openai_routes_ignore_unknown_fields_but_refuse_unsupported_ones(c
     assert r.status == 400 and "prompt: more than 1 items" in (await r.json())["error"]["message"]
 
 
-class ExplodingEngine(SingleEngine):
-    """The real engine, made to fail on request: max_tokens=13 raises inside the worker."""
+class ExplodingEngine(BatchEngine):
+    """The real engine, made to fail on request: a step with a max_tokens=13 job raises inside the
+    worker (as a failed llama_decode would)."""
 
-    def _run(self, job):
-        if job.params.max_tokens == 13:
+    def _step(self):
+        if any(s.job is not None and s.job.params.max_tokens == 13 for s in self._slots):
             raise RuntimeError("boom")
-        super()._run(job)
+        super()._step()
 
 
 async def test_an_engine_failure_is_reported_and_the_engine_recovers(make_client):
     client = await make_client(
-        factory=lambda c: ExplodingEngine(c.model, n_ctx=c.ctx, n_threads=c.threads))
+        factory=lambda c: ExplodingEngine(c.model, n_ctx=c.ctx, n_threads=c.threads, slots=1))
     await wait_ready(client)
     r = await client.post("/generate", json={"prompt": "Hi", "max_tokens": 13})
     assert r.status == 200  # the stream had started: the failure arrives as an event
@@ -241,7 +242,7 @@ async def test_an_engine_failure_is_reported_and_the_engine_recovers(make_client
     assert metric(await metrics_of(client), "ampere_llm_slots_busy") == 0
 
 
-class BuggyEngine(SingleEngine):
+class BuggyEngine(BatchEngine):
     """The real engine with a bug planted in tokenize: the safety net must still answer JSON."""
 
     def tokenize(self, text, **kw):
@@ -252,7 +253,7 @@ class BuggyEngine(SingleEngine):
 
 async def test_an_unexpected_bug_is_a_json_500_and_the_service_goes_on(make_client):
     client = await make_client(
-        factory=lambda c: BuggyEngine(c.model, n_ctx=c.ctx, n_threads=c.threads))
+        factory=lambda c: BuggyEngine(c.model, n_ctx=c.ctx, n_threads=c.threads, slots=1))
     await wait_ready(client)
     r = await client.post("/generate", json={"prompt": "explode", "max_tokens": 2},
                           headers={"X-Request-Id": "bug-1"})

@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from . import __version__, openai, schema
-from .engine import Done, Engine
+from .engine import Done, Engine, warm_up
 from .generate import (CLIENT_GONE, CONFIG, METRICS, REQUEST_ID, SCHEDULER, TICKET, ApiError,
                        generate, json_error)
 from .metrics import Metrics
@@ -224,9 +224,26 @@ def _engine_ctx(engine_factory: Callable[[Any], Engine]):
                 if not app[STOP].done():
                     app[STOP].set_result(1)
                 return
-            scheduler.attach(engine)
             log.info("model %s loaded in %.1f s: %d slot(s), context %d tokens per slot",
                      engine.model_name, time.monotonic() - t0, engine.slots, engine.n_ctx)
+            t1 = time.monotonic()
+            try:  # ready only once a generation has run: the first user gets warm caches
+                done = await asyncio.to_thread(warm_up, engine)
+            except Exception as e:  # noqa: BLE001 - a model that cannot generate: say so, exit 1
+                log.error("%s", e)
+                scheduler.fail()
+                await asyncio.to_thread(engine.close)
+                if not app[STOP].done():
+                    app[STOP].set_result(1)
+                return
+            if done is None:
+                log.warning("warm-up generation unfinished after %.0f s; ready anyway",
+                            time.monotonic() - t1)
+            else:
+                log.info("warm-up generation: %d prompt + %d new tokens in %.2f s",
+                         done.prompt_tokens, done.completion_tokens, time.monotonic() - t1)
+            scheduler.attach(engine)
+            log.info("ready %.1f s after the model load began", time.monotonic() - t0)
 
         app[LOADER] = asyncio.create_task(load())
         yield

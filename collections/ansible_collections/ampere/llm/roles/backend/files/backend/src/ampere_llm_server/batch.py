@@ -44,6 +44,13 @@ from .text import FLUSH_TOKEN_ID, TextStream, chat_renderer, token_bytes
 log = logging.getLogger("ampere_llm.engine")
 
 GiB = 1 << 30
+# Fewest prompt tokens of one sequence read in one step (unless the whole prompt is shorter).
+# llama.cpp's CPU matmul takes llamafile's tinyBLAS for the attention products only when a
+# sequence has 2 or more tokens in the ubatch (on Arm: 4 or 8, by type) and ggml's vector dot
+# otherwise; the two round differently (a prompt's last token read alone after a cached prefix
+# moved SmolLM2's logits by up to 0.44). Reading every chunk, and so the last prompt token, in
+# at least 8 tokens keeps a prompt's numbers the same however it is cut or cached.
+MIN_CHUNK = 8
 
 
 @dataclass
@@ -80,8 +87,8 @@ class BatchEngine:
         self.model_name = Path(model_path).name.removesuffix(".gguf")
         self.slots = slots
         self.flash_attn = flash_attn
-        self.n_batch = max(n_batch, slots + 1)
-        self.prefill_chunk = max(1, min(prefill_chunk, self.n_batch - slots))
+        self.n_batch = max(n_batch, slots + MIN_CHUNK)
+        self.prefill_chunk = max(MIN_CHUNK, min(prefill_chunk, self.n_batch - slots))
         # Optional hook for metrics, called on the engine thread after each decode:
         # on_step(sequences_in_batch, tokens_in_batch). It must be quick and thread-safe.
         self.on_step: Callable[[int, int], None] | None = None
@@ -242,8 +249,9 @@ class BatchEngine:
                 job.emit(Failed(str(e)))
                 continue
             slot = max(free, key=lambda s: (common_prefix(s.cells, prompt), -s.seq))
-            # Keep at least one prompt token to evaluate: its logits give the first new token.
-            keep = min(common_prefix(slot.cells, prompt), len(prompt) - 1)
+            # Re-read at least MIN_CHUNK prompt tokens (the last one's logits give the first new
+            # token), so they are computed as a fresh read computes them.
+            keep = max(0, min(common_prefix(slot.cells, prompt), len(prompt) - MIN_CHUNK))
             if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
                 keep = 0
                 llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
@@ -280,7 +288,7 @@ class BatchEngine:
         readers = sorted((s for s in running if s.reading), key=lambda s: s.order)
         chunk: dict[int, int] = {}
         for s in readers:
-            take = min(budget, len(s.prompt) - len(s.cells))
+            take = prompt_chunk(budget, len(s.prompt) - len(s.cells))
             chunk[s.seq], budget = take, budget - take
         seqs = 0
         for s in running:  # in sequence-id order, so llama.cpp can keep them in one ubatch
@@ -344,6 +352,15 @@ class BatchEngine:
                 slot.sampler.close()
                 slot.job, slot.sampler, slot.text, slot.prompt = None, None, None, []
         self._busy = 0
+
+
+def prompt_chunk(budget: int, remaining: int) -> int:
+    """Prompt tokens to read this step: all that remain if the budget allows, else as many as fit
+    while both this chunk and what is left hold at least MIN_CHUNK tokens (0: wait a step)."""
+    if remaining <= budget:
+        return remaining
+    take = min(budget, remaining - MIN_CHUNK)
+    return take if take >= MIN_CHUNK else 0
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -22,9 +22,8 @@ grammar sampler run over the whole vocabulary before the chain: the grammar mask
 first, and the shortlist is trusted only if at least `top_k` tokens it allows are among the best
 raw logits and outside `recent` (then no allowed token left out can make the top k). Otherwise,
 as when the model's favourites all break the grammar (a letter where only `"` or `}` may come),
-the shortlist grows 16-fold until it holds enough, the whole vocabulary at the most. Both engines
-sample through this class, so the grammar is applied in one place; each sequence has its own
-grammar state.
+the shortlist grows 16-fold until it holds enough, the whole vocabulary at the most. Every
+sequence samples through this class, with its own grammar state.
 """
 from __future__ import annotations
 
