@@ -212,4 +212,3 @@ class HaproxyPoolProvider:
             if name in self.rt.stats():  # not merely deleted already by the membership program
                 raise
         self.pool.remove(node)
-
