@@ -42,7 +42,7 @@ def test_a_template_that_uses_name_gets_it():
     render = chat_renderer({"tokenizer.chat_template": "{% for m in messages %}{{ m.role }}"
                             "{% if m.name %} ({{ m.name }}){% endif %}: {{ m.content }}\n"
                             "{% endfor %}"}, "", "")
-    from ampere_llm_server.generate import chat_messages
+    from ampere_llm_server.pipeline import chat_messages
     msgs = chat_messages([{"role": "developer", "content": "x"},
                           {"role": "user", "name": "ann", "content": [{"type": "text", "text": "a"},
                                                                       {"type": "text", "text": "b"}]}])

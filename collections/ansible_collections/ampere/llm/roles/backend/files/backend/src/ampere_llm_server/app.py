@@ -24,9 +24,10 @@ from aiohttp import web
 
 from . import __version__, openai, schema
 from .engine import Done, Engine, warm_up
-from .generate import (CLIENT_GONE, CONFIG, METRICS, REQUEST_ID, SCHEDULER, TICKET, ApiError,
-                       generate, json_error)
+from .generate import generate
 from .metrics import Metrics
+from .pipeline import (CLIENT_GONE, CONFIG, METRICS, REQUEST_ID, SCHEDULER, TICKET, ApiError,
+                       json_error)
 from .scheduler import Scheduler
 
 log = logging.getLogger("ampere_llm")

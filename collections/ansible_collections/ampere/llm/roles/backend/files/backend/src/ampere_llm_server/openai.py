@@ -1,8 +1,8 @@
 """OpenAI-compatible routes (/v1/chat/completions, /v1/completions, /v1/models) on the same scheduler.
 
-Only the wire format differs from /generate: the same validation, admission, heartbeat and
-cancellation (generate.py) run underneath, so the official `openai` client, LangChain, LiteLLM
-and curl scripts written for OpenAI work against a node unchanged. One model per node: the
+Only the wire format differs from /generate (`OpenAIWire`): the same validation, admission,
+heartbeat, cancellation and errors (pipeline.py) run underneath, so the official `openai`
+client, LangChain, LiteLLM and curl scripts written for OpenAI work against a node unchanged. One model per node: the
 request's `model` is accepted and ignored, and replies name the model that actually answered.
 Which OpenAI fields are implemented, accepted without effect, or refused unless harmless is
 declared with the bodies (schema.CHAT_COMPLETIONS, COMPLETIONS) and so in /openapi.json.
@@ -15,9 +15,10 @@ from pathlib import Path
 from aiohttp import web
 
 from . import schema
-from .engine import Failed, Token
-from .generate import (CONFIG, REQUEST_ID, SCHEDULER, ApiError, admit, close_stream, open_sse,
-                       prepare, pump, read_body, sse, usage_timings)
+from .engine import Done
+from .pipeline import (CONFIG, REQUEST_ID, SCHEDULER, ApiError, prepare, read_body, respond, sse,
+                       usage_timings)
+from .scheduler import Ticket
 
 
 def model_name(request: web.Request) -> str:
@@ -57,62 +58,63 @@ async def _complete(request: web.Request, body: dict, chat: bool) -> web.StreamR
                 raise ApiError(400, "invalid_request", "prompt: send one string")
             prompt = prompt[0]
         prep = await prepare(request, body, prompt=prompt, stop=stop)
-    ticket = admit(request, prep)
+    include_usage = bool(body.get("stream") and (body.get("stream_options") or {}).get("include_usage"))
+    wire = OpenAIWire(chat, request[REQUEST_ID], model_name(request), include_usage)
+    return await respond(request, prep, wire, stream=bool(body.get("stream")))
 
-    rid = request[REQUEST_ID]
-    common = {"id": ("chatcmpl-" if chat else "cmpl-") + rid,
-              "object": "chat.completion.chunk" if chat else "text_completion",
-              "created": int(time.time()), "model": model_name(request)}
 
-    def choice(text: str | None, finish: str | None, first: bool = False) -> dict:
-        if not chat:
+class OpenAIWire:
+    """chat.completion(.chunk) or text_completion: chunks as `data:` events ending with [DONE]."""
+
+    def __init__(self, chat: bool, request_id: str, model: str, include_usage: bool) -> None:
+        self.chat = chat
+        self.common = {"id": ("chatcmpl-" if chat else "cmpl-") + request_id,
+                       "object": "chat.completion.chunk" if chat else "text_completion",
+                       "created": int(time.time()), "model": model}
+        if include_usage:
+            self.common["usage"] = None  # as OpenAI: null in every chunk but the last
+
+    def _choice(self, text: str | None, finish: str | None, first: bool = False) -> dict:
+        if not self.chat:
             return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
         delta = {} if text is None else {"content": text}
         if first:
             delta["role"] = "assistant"
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-    if body.get("stream"):
-        if (body.get("stream_options") or {}).get("include_usage"):
-            common["usage"] = None  # as OpenAI: null in every chunk but the last
+    def _chunk(self, text: str | None, finish: str | None = None, first: bool = False) -> bytes:
+        return sse({**self.common, "choices": [self._choice(text, finish, first)]})
+
+    def opening(self) -> list[bytes]:
         # OpenAI opens a chat stream with the assistant role and no text
-        first = [sse({**common, "choices": [choice("", None, first=True)]})] if chat else []
-        resp = await open_sse(request, ticket, *first)
+        return [self._chunk("", first=True)] if self.chat else []
 
-        async def on_token(tok: Token) -> None:
-            await resp.write(sse({**common, "choices": [choice(tok.text, None)]}))
+    def token(self, text: str) -> bytes:
+        return self._chunk(text)
 
-        end = await pump(request, ticket, on_token)
-        if end is None:
-            return resp
-        if isinstance(end, Failed):
-            last = [sse({"error": {"type": "internal", "message": end.message}})]
+    def done(self, ticket: Ticket, end: Done) -> list[bytes]:
+        last = [self._chunk(None, end.finish_reason)]
+        if "usage" in self.common:
+            last.append(sse({**self.common, "choices": [], "usage": _usage(ticket)}))
+        return last + [DONE]
+
+    def failed(self, message: str) -> list[bytes]:
+        return [sse({"error": {"type": "internal", "message": message}}), DONE]
+
+    def reply(self, ticket: Ticket, text: str, end: Done) -> web.Response:
+        if self.chat:
+            out = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                   "logprobs": None, "finish_reason": end.finish_reason}
         else:
-            last = [sse({**common, "choices": [choice(None, end.finish_reason)]})]
-            if "usage" in common:
-                last.append(sse({**common, "choices": [], "usage": _usage(ticket)}))
-        return await close_stream(request, resp, *last, b"data: [DONE]\n\n")
-
-    parts: list[str] = []
-
-    async def collect(tok: Token) -> None:
-        parts.append(tok.text)
-
-    end = await pump(request, ticket, collect)
-    if end is None:
-        raise ApiError(499, "cancelled", "client went away")
-    if isinstance(end, Failed):
-        raise ApiError(500, "internal", end.message)
-    text = "".join(parts)
-    if chat:
-        out = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-               "logprobs": None, "finish_reason": end.finish_reason}
-    else:
-        out = choice(text, end.finish_reason)
-    return web.json_response({**common, "object": "chat.completion" if chat else "text_completion",
-                              "choices": [out], "usage": _usage(ticket)})
+            out = self._choice(text, end.finish_reason)
+        return web.json_response({**self.common,
+                                  "object": "chat.completion" if self.chat else "text_completion",
+                                  "choices": [out], "usage": _usage(ticket)})
 
 
-def _usage(ticket) -> dict:
+DONE = b"data: [DONE]\n\n"
+
+
+def _usage(ticket: Ticket) -> dict:
     usage, _ = usage_timings(ticket)
     return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}

@@ -335,7 +335,7 @@ COMPLETIONS = S("object", "OpenAI (legacy) completion request. Implemented: prom
                                                "is not supported")},
                 required=("prompt",), extra=True)
 
-ERROR = S("object", "Every error reply", properties={"error": S("object", properties={
+ERROR_REPLY = S("object", "Every error reply", properties={"error": S("object", properties={
     "type": S("string", "invalid_request | unauthorized | not_found | method_not_allowed | "
               "payload_too_large | overloaded | not_ready | draining | internal"),
     "message": S("string", "What went wrong and, when it can be fixed, how")})})
@@ -356,7 +356,7 @@ def openapi_document(routes, *, title: str, version: str) -> dict:
             op["security"] = [{"bearer": []}]
         paths.setdefault(r.path, {})[r.method.lower()] = op
     schemas = {r.body_name: to_openapi(r.body) for r in routes if r.body is not None}
-    schemas["Error"] = to_openapi(ERROR)
+    schemas["Error"] = to_openapi(ERROR_REPLY)
     return {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths,
             "components": {"schemas": schemas, "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer",
