@@ -2,6 +2,7 @@
 the openai client streaming, stop strings, seeds, cancellation on disconnect, drain on SIGTERM."""
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import time
@@ -123,18 +124,23 @@ async def test_empty_prompt_is_400(smol):
     assert status == 400 and body["error"]["message"] == "prompt is empty"
 
 
-async def first_token(stream) -> None:
-    async for e in stream:
-        if e.name == "message":
-            return
+@contextlib.asynccontextmanager
+async def story_under_way(server, max_tokens: int):
+    """A streamed /generate of a long story, once its first token has arrived: (response, the
+    rest of its events as an aiter_events stream)."""
+    async with aiohttp.ClientSession() as s, s.post(
+            server.url + "/generate",
+            json={"messages": STORY, "temperature": 0, "max_tokens": max_tokens}) as r:
+        stream = aiter_events(r)
+        async for e in stream:
+            if e.name == "message":
+                break
+        yield r, stream
 
 
 async def test_disconnect_cancels_generation_and_frees_the_slot(run_server, smollm2_model):
     server = run_server(smollm2_model, "--max-queue", "0", "--threads", "1")
-    async with aiohttp.ClientSession() as s, s.post(
-            server.url + "/generate",
-            json={"messages": STORY, "temperature": 0, "max_tokens": 1000}) as r:
-        await first_token(aiter_events(r))
+    async with story_under_way(server, 1000) as (r, _):
         assert metric(server, "ampere_llm_slots_busy") == 1
         r.close()  # the client goes away mid-stream
     wait_for(lambda: metric(server, "ampere_llm_generations_total",
@@ -148,11 +154,7 @@ async def test_disconnect_cancels_generation_and_frees_the_slot(run_server, smol
 
 async def test_sigterm_drains_in_flight_then_exits_0(run_server, smollm2_model):
     server = run_server(smollm2_model, "--threads", "1")
-    async with aiohttp.ClientSession() as s, s.post(
-            server.url + "/generate",
-            json={"messages": STORY, "temperature": 0, "max_tokens": 150}) as r:
-        stream = aiter_events(r)
-        await first_token(stream)
+    async with story_under_way(server, 150) as (_, stream):
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: server.get("/readyz")[0] == 503, timeout=10, what="/readyz 503")
         status, body = await post(server, {"prompt": "Hi", "max_tokens": 2})
@@ -165,11 +167,7 @@ async def test_sigterm_drains_in_flight_then_exits_0(run_server, smollm2_model):
 
 async def test_drain_timeout_cancels_what_is_left(run_server, smollm2_model):
     server = run_server(smollm2_model, "--drain-timeout", "0.5", "--threads", "1")
-    async with aiohttp.ClientSession() as s, s.post(
-            server.url + "/generate",
-            json={"messages": STORY, "temperature": 0, "max_tokens": 1000}) as r:
-        stream = aiter_events(r)
-        await first_token(stream)
+    async with story_under_way(server, 1000) as (_, stream):
         server.proc.send_signal(signal.SIGTERM)
         rest = await events(stream)
     assert rest[-1][0] == "done" and rest[-1][1]["finish_reason"] == "cancelled"
