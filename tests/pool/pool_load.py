@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 from urllib.parse import urlsplit
 
+from sse import iter_reads  # scripts/sse.py (tests/conftest.py puts scripts/ on sys.path)
+
 PROMPTS = ["Name three colours.", "What is a CPU?", "Say hello in French.", "Count to five.",
            "What is the capital of Italy?", "Name a fruit that is yellow."]
 
@@ -69,24 +71,15 @@ def stream_once(url: str, prompt: str, max_tokens: int, read_timeout: float = 30
         if resp.status != 200:
             r.outcome, r.detail = "http_error", resp.read()[:300].decode(errors="replace")
             return r
-        buffer, event = "", "message"
-        while chunk := resp.read1(65536):
-            buffer += chunk.decode(errors="replace")
-            while "\n" in buffer:
-                line, buffer = buffer.split("\n", 1)
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data = json.loads(line[5:])
-                    if event == "done":
-                        r.outcome = "ok"
-                        return r
-                    if event == "error":
-                        r.outcome, r.detail = "error_event", json.dumps(data)[:300]
-                        return r
-                    r.tokens += "token" in data
-                elif line == "":
-                    event = "message"
+        for events in iter_reads(resp):
+            for event in events:
+                if event.name == "done":
+                    r.outcome = "ok"
+                    return r
+                if event.name == "error":
+                    r.outcome, r.detail = "error_event", event.data[:300]
+                    return r
+                r.tokens += event.name == "message" and "token" in event.json()
         r.outcome = "closed"  # the connection ended without a done or error event
     except ssl.SSLError as e:  # a TLS failure is the balancer's, never a hang or a closed stream
         r.outcome, r.detail = "tls", repr(e)
