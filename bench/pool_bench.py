@@ -4,7 +4,7 @@ tokens would cost on OCI at those speeds.
 
 Each node runs its service with 1 thread (pool/seed-vars.yml), so 2 nodes split this 2-core box.
 The same offered load at both sizes: STREAMS requests at once, rounds of them, streamed to the end.
-Prices (../shared/FACTS.md, OCI list prices): Ampere A2 $0.01 per OCPU-hour, 1 OCPU = 2 cores;
+Prices (OCI list prices, the reference architecture's figures): Ampere A2 $0.01 per OCPU-hour, 1 OCPU = 2 cores;
 a small public load balancer about $0.029 per hour.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "pool"))
 
-import local  # noqa: E402  pool/local.py
-from harness import OursServer, counting_prompts, median, run_round  # noqa: E402
+import local
+from harness import OursServer, counting_prompts, median, run_round
 
 A2_PER_OCPU_HOUR = 0.01
 CORES_PER_OCPU = 2

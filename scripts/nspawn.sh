@@ -108,7 +108,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION CMD...: poll a condition with a dea
 }
 
 # Boot finished: `running`; a foreign-arch container ends `degraded` because systemd-sysusers and
-# systemd-tmpfiles-setup fail on credentials under qemu-user (FACTS.md), which Ansible does not need.
+# systemd-tmpfiles-setup fail on credentials under qemu-user (seen in every emulated boot here), which Ansible does not need.
 booted() {
   local state
   state=$(nsenter -t "$(init_pid "$1")" -a systemctl is-system-running --wait 2>/dev/null) || true
