@@ -8,7 +8,9 @@ import threading
 
 import openai
 
+from ampere_llm_server.app import STOP
 from ampere_llm_server.batch import BatchEngine
+from ampere_llm_server.engine import Done
 from backend_helpers import sse_events, wait_ready
 
 # A generation that holds its slot for seconds on the tiny model (4000 tokens, ctx 4096).
@@ -215,6 +217,62 @@ async def test_openai_routes_ignore_unknown_fields_but_refuse_unsupported_ones(c
     assert r.status == 400 and "n: one choice per request" in (await r.json())["error"]["message"]
     r = await client.post("/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 2})
     assert r.status == 400 and "prompt: more than 1 items" in (await r.json())["error"]["message"]
+
+
+class HeldEngine(BatchEngine):
+    """The real engine; each job's final event waits for `gate`, so a test can look at the
+    service while the warm-up generation is still running."""
+
+    def __init__(self, *a, **kw):
+        self.gate, self.jobs = threading.Event(), []
+        super().__init__(*a, **kw)
+
+    def submit(self, job):
+        self.jobs.append(job)
+        emit = job.emit
+
+        def held(ev):
+            if isinstance(ev, Done):
+                self.gate.wait(30)
+            emit(ev)
+        job.emit = held
+        super().submit(job)
+
+
+async def test_ready_only_after_a_warm_up_generation(make_client):
+    engines = []
+
+    def factory(c):
+        engines.append(HeldEngine(c.model, n_ctx=c.ctx, n_threads=c.threads, slots=1))
+        return engines[0]
+
+    client = await make_client(factory=factory)
+    async with asyncio.timeout(30):
+        while not (engines and engines[0].jobs):
+            await asyncio.sleep(0.01)
+    r = await client.get("/readyz")
+    assert r.status == 503 and (await r.json())["status"] == "loading"
+    engines[0].gate.set()
+    await wait_ready(client)
+    warm = engines[0].jobs[0]
+    assert warm.started.is_set() and len(engines[0].jobs) == 1
+    assert (await client.post("/generate", json=SHORT)).status == 200
+
+
+class NeverEngine(BatchEngine):
+    """The real engine, but every decode step fails: the model loads and cannot generate."""
+
+    def _step(self):
+        raise RuntimeError("cannot decode")
+
+
+async def test_a_failed_warm_up_ends_the_service(make_client):
+    client = await make_client(
+        factory=lambda c: NeverEngine(c.model, n_ctx=c.ctx, n_threads=c.threads, slots=1))
+    stop = client.server.app[STOP]
+    assert await asyncio.wait_for(asyncio.shield(stop), 30) == 1
+    r = await client.get("/readyz")
+    assert r.status == 503 and (await r.json())["status"] == "failed"
 
 
 class ExplodingEngine(BatchEngine):

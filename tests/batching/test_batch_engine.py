@@ -100,8 +100,8 @@ def test_prefix_reuse_reports_cached_tokens_and_keeps_output(smol):
     first = chat_with(smol, system, "What is 2+2?")
     a = Run(smol, first)
     a.wait()
-    # Re-read from the cache while other streams share the steps: this is where llama.cpp's
-    # flash-attention kernel once changed a near-tie greedy token (see BatchEngine._load).
+    # Re-read from the cache while other streams share the steps (the last MIN_CHUNK prompt
+    # tokens are read again: batch.MIN_CHUNK says why).
     # (`again` first: a newcomer takes the free slot sharing most with its prompt, and an empty
     # slot shares nothing with `others`, which would then take the cached one)
     again = Run(smol, first)

@@ -10,14 +10,16 @@ read in chunks (`prefill_chunk` tokens per step) so running streams keep their p
 
 Why these choices:
 - Exactness: with a KV stream per sequence, a sequence's attention never sees another's cells,
-  and llama.cpp's CPU matmuls and (non-flash) attention compute each row on its own, so greedy
-  output is the same alone, in company, from a cached prefix, and as SingleEngine's
-  (tests/batching checks all four on SmolLM2).
+  and llama.cpp's CPU matmuls and (non-flash) attention compute each row on its own as long as
+  the sequence has the same kind of chunk (one token, or MIN_CHUNK and more), so greedy output is
+  the same alone, in company, from a cached prompt prefix, and with one slot or N
+  (tests/batching checks them on SmolLM2, the first token's logits bit for bit).
 - Fairness: slots are granted in arrival order, every generating sequence gets one token per step,
   and prompt chunks go to the oldest newcomer first.
 - Prefix reuse: a finished (or cancelled) slot keeps its KV cells; a newcomer takes the free slot
   whose cells share the longest prefix with its prompt and only the rest is read
-  (llama_memory_seq_rm from the point where they diverge). Done.cached_tokens reports it.
+  (llama_memory_seq_rm from the point where they diverge, at most len - MIN_CHUNK).
+  Done.cached_tokens reports it.
 - Memory: the KV cache is sized from model metadata BEFORE it is allocated and checked against
   what the host (or its cgroup) has left, so a configuration that does not fit fails at start
   with a message naming the knobs, instead of the OOM killer deciding later.
@@ -153,10 +155,9 @@ class BatchEngine:
         cparams.n_ctx = per_seq * self.slots
         cparams.n_seq_max = self.slots
         cparams.kv_unified = False
-        # Flash attention off by default (--flash-attn): llama.cpp's CPU flash-attention kernel
-        # rounds differently depending on what shares the step (a cached prompt re-read beside
-        # other streams flipped a near-tie greedy token on SmolLM2); off, --parallel 1 and
-        # --parallel N give the same greedy answer. On is llama-server's default on CPU; make bench
+        # Flash attention off by default (--flash-attn): with llama.cpp's CPU flash-attention
+        # kernel, --parallel 1 and --parallel 4 gave different greedy answers on SmolLM2 (alone,
+        # in company and cached still agreed); off, they are the same. On is llama-server's default on CPU; make bench
         # measures both (level on short prompts; the kernel is meant for long contexts).
         cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn
                                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -169,7 +170,8 @@ class BatchEngine:
                               f"tokens for {self.slots} sequences (see the log above)")
         self._ctx = ctx
         self._mem = llama_cpp.llama_get_memory(ctx)
-        self.n_ctx = llama_cpp.llama_n_ctx_seq(ctx)
+        # --ctx as asked: llama.cpp's rounding up to 256 cells is its allocation, not the limit.
+        self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(ctx))
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         log.info("batch engine: %d slots x %d tokens, KV cache %.0f MiB, n_batch %d, prefill "
                  "chunk %d, flash attention %s", self.slots, self.n_ctx, need / 2**20, self.n_batch,
@@ -324,7 +326,8 @@ class BatchEngine:
         job.emit(Token(slot.text.push(token_bytes(self._vocab, tok)), tok))
         if slot.text.stopped:
             return self._finish(slot, "stop")
-        if slot.made >= job.params.max_tokens or len(slot.cells) >= self.n_ctx:
+        # prompt + completion never exceed the context (the last token is not evaluated)
+        if slot.made >= job.params.max_tokens or len(slot.prompt) + slot.made >= self.n_ctx:
             return self._finish(slot, "length")
         slot.next_token = tok
 
