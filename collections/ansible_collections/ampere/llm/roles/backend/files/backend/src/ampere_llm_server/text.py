@@ -1,7 +1,6 @@
-"""Tokens to text for both engines: model-side helpers plus the incremental detokenizer with stop strings.
+"""Tokens to text for the engine: model-side helpers plus the incremental detokenizer with stop strings.
 
-Engine-agnostic by design: `SingleEngine` and `BatchEngine` each keep one `TextStream` per sequence
-and feed it the bytes of every sampled token (`token_bytes`); the stream returns the text that may
+The engine (`BatchEngine`) keeps one `TextStream` per sequence and feeds it the bytes of every sampled token (`token_bytes`); the stream returns the text that may
 be shown now. Two rules make the stream safe to show as it grows:
 
 - UTF-8: a character split across tokens (emoji, CJK, byte-fallback tokens) is held until its last
