@@ -1,7 +1,8 @@
 """Tokens to text for the engine: model-side helpers plus the incremental detokenizer with stop strings.
 
 The engine (`BatchEngine`) keeps one `TextStream` per sequence and feeds it the bytes of every
-sampled token (`token_bytes`); the stream returns the text that may be shown now. Two rules make the stream safe to show as it grows:
+sampled token (`token_bytes`); the stream returns the text that may be shown now. Two rules make the
+stream safe to show as it grows:
 
 - UTF-8: a character split across tokens (emoji, CJK, byte-fallback tokens) is held until its last
   byte arrives, so no client ever sees half a character or a U+FFFD that would not be in the text.
