@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from sse import aiter_events  # noqa: E402  scripts/sse.py, the one SSE reader
+from sse import aiter_events
 
 GREEDY = {"temperature": 0, "repeat_penalty": 1.0, "seed": 1}   # same sampling on both sides
 
@@ -72,7 +72,7 @@ class Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    async def start(self, timeout: float = 180) -> "Server":
+    async def start(self, timeout: float = 180) -> Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         # own session: a Ctrl-C at the terminal reaches the harness, which stops us cleanly

@@ -44,7 +44,7 @@ def cost_per_million(tps: float, cores: int, with_lb: bool = True) -> float:
 async def measure(url: str, rounds: int, max_tokens: int) -> dict:
     front = Balancer(url)
     prompts = counting_prompts(STREAMS * rounds, 32, 3.0, seed=11)
-    per_round, nodes = [], set()
+    per_round = []
     for i in range(rounds):
         samples, wall = await run_round(front, prompts[i * STREAMS:(i + 1) * STREAMS], max_tokens)
         per_round.append(sum(s.tokens for s in samples) / wall)
@@ -87,6 +87,7 @@ def run(quick: bool = False, say=print) -> dict:
     lines = ["==> cost per million tokens (A2 $0.01/OCPU-hour, 2 cores per OCPU; LB $0.029/hour)",
              f"    {'pool':<62} {'tok/s':>7} {'$/Mtok':>8} {'nodes only':>11}"]
     for c in out["cost"]:
-        lines.append(f"    {c['what']:<62} {c['tps']:>7.1f} {c['usd_per_mtok']:>8.3f} {c['usd_per_mtok_nodes_only']:>11.3f}")
+        lines.append(f"    {c['what']:<62} {c['tps']:>7.1f} {c['usd_per_mtok']:>8.3f} "
+                     f"{c['usd_per_mtok_nodes_only']:>11.3f}")
     say("\n".join(lines))
     return out

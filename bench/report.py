@@ -19,8 +19,10 @@ def _level(results: dict, n: int) -> dict | None:
 def single(results: dict) -> dict:
     """The single-stream figures (the N=1 level)."""
     row = _level(results, 1) or {}
-    pick = lambda who: {"decode_tps": row[who]["per_stream_tps"]["median"],
-                        "ttft_ms": row[who]["ttft_ms"]} if who in row else None
+    def pick(who):
+        return {"decode_tps": row[who]["per_stream_tps"]["median"],
+                "ttft_ms": row[who]["ttft_ms"]} if who in row else None
+
     return {LS: pick(LS), OURS: pick(OURS), "llama_bench_tg": results["llama_bench"]["tg"]["tps"],
             "llama_bench_pp": results["llama_bench"]["pp"]["tps"]}
 
@@ -29,7 +31,9 @@ def evaluate(results: dict) -> tuple[dict, list[dict]]:
     """(ratios, goals): every goal of issues 2 and 7 with its measured value and whether it is met."""
     s = single(results)
     ours, ls = s[OURS] or {}, s[LS] or {}
-    ttft = lambda d, k: (d.get("ttft_ms") or {}).get(k)
+    def ttft(d, k):
+        return (d.get("ttft_ms") or {}).get(k)
+
     ratios = {"single": {
         "decode_vs_llama_bench_tg": _ratio(ours.get("decode_tps"), s["llama_bench_tg"]),
         "decode_vs_llama_server": _ratio(ours.get("decode_tps"), ls.get("decode_tps")),
@@ -40,7 +44,8 @@ def evaluate(results: dict) -> tuple[dict, list[dict]]:
     goals = [
         _goal("single stream: decode ours / llama-bench tg", ratios["single"]["decode_vs_llama_bench_tg"], ">=", 0.97),
         _goal("single stream: decode ours / llama-server", ratios["single"]["decode_vs_llama_server"], ">=", 1.0),
-        _goal("single stream: TTFT median ours / llama-server", ratios["single"]["ttft_median_vs_llama_server"], "<=", 1.05),
+        _goal("single stream: TTFT median ours / llama-server", ratios["single"]["ttft_median_vs_llama_server"],
+              "<=", 1.05),
     ]
     for row in results["concurrency"]:
         n = row["streams"]
@@ -48,12 +53,12 @@ def evaluate(results: dict) -> tuple[dict, list[dict]]:
             goals.append(_goal(f"{_streams(n)}: aggregate ours / llama-server", None, ">=", 1.0,
                                row.get("error", "not measured")))
             continue
-        o, l = row[OURS], row[LS]
+        o, theirs = row[OURS], row[LS]
         ratios["concurrency"][str(n)] = {
-            "aggregate_vs_llama_server": _ratio(o["aggregate_tps"], l["aggregate_tps"]),
-            "ttft_median_vs_llama_server": _ratio(o["ttft_ms"]["median"], l["ttft_ms"]["median"]),
-            "ttft_p95_vs_llama_server": _ratio(o["ttft_ms"]["p95"], l["ttft_ms"]["p95"]),
-            "per_stream_vs_llama_server": _ratio(o["per_stream_tps"]["median"], l["per_stream_tps"]["median"]),
+            "aggregate_vs_llama_server": _ratio(o["aggregate_tps"], theirs["aggregate_tps"]),
+            "ttft_median_vs_llama_server": _ratio(o["ttft_ms"]["median"], theirs["ttft_ms"]["median"]),
+            "ttft_p95_vs_llama_server": _ratio(o["ttft_ms"]["p95"], theirs["ttft_ms"]["p95"]),
+            "per_stream_vs_llama_server": _ratio(o["per_stream_tps"]["median"], theirs["per_stream_tps"]["median"]),
         }
         goals.append(_goal(f"{_streams(n)}: aggregate ours / llama-server",
                            ratios["concurrency"][str(n)]["aggregate_vs_llama_server"], ">=", 1.0,
@@ -151,13 +156,13 @@ def markdown(results: dict) -> str:
               "| streams | llama-server aggregate tok/s | ours aggregate tok/s | ratio | TTFT median ms (ls / ours) "
               "| TTFT p95 ms (ls / ours) | per-stream tok/s (ls / ours) | tokens per stream (ours) |",
               "|---|---|---|---|---|---|---|---|"]
-    for row, l, o in _concurrency_rows(results):
+    for row, theirs, o in _concurrency_rows(results):
         r = results["ratios"]["concurrency"][str(row["streams"])]
-        lines.append(f"| {row['streams']}{' *' if row.get('ours_note') else ''} | {_fmt(l['aggregate_tps'])} | "
+        lines.append(f"| {row['streams']}{' *' if row.get('ours_note') else ''} | {_fmt(theirs['aggregate_tps'])} | "
                      f"{_fmt(o['aggregate_tps'])} | {_fmt(r['aggregate_vs_llama_server'], '.2f')} | "
-                     f"{_fmt(l['ttft_ms']['median'])} / {_fmt(o['ttft_ms']['median'])} | "
-                     f"{_fmt(l['ttft_ms']['p95'])} / {_fmt(o['ttft_ms']['p95'])} | "
-                     f"{_fmt(l['per_stream_tps']['median'])} / {_fmt(o['per_stream_tps']['median'])} | "
+                     f"{_fmt(theirs['ttft_ms']['median'])} / {_fmt(o['ttft_ms']['median'])} | "
+                     f"{_fmt(theirs['ttft_ms']['p95'])} / {_fmt(o['ttft_ms']['p95'])} | "
+                     f"{_fmt(theirs['per_stream_tps']['median'])} / {_fmt(o['per_stream_tps']['median'])} | "
                      f"{o['tokens']['min']}-{o['tokens']['max']} |")
     if bb := results.get("llama_batched_bench"):
         lines += ["", "llama-batched-bench, llama.cpp's bare decode of N sequences per step (no sampling, "
@@ -191,7 +196,8 @@ def plot(results: dict, path: Path) -> None:
     c, m, v = results["config"], results["machine"], results["versions"]
     s = single(results)
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
-    fig.suptitle(f"{c['model']} · {c['threads']} threads · flash attention: {_fa(c)} · {m['cpu']} · llama.cpp {str(v.get('llama_cpp_commit'))[:9]}"
+    fig.suptitle(f"{c['model']} · {c['threads']} threads · flash attention: {_fa(c)} · {m['cpu']}"
+                 f" · llama.cpp {str(v.get('llama_cpp_commit'))[:9]}"
                  f" · prompt ~{c['prompt_tokens']} tok, {c['max_tokens']} generated · {results['started']}"
                  f" · other processes' CPU share {m.get('other_cpu_share', 0):.0%}", fontsize=11)
 
@@ -217,7 +223,8 @@ def plot(results: dict, path: Path) -> None:
         b = ax.bar([i - 0.17, i + 0.17], [t.get("median") or 0, t.get("p95") or 0], width=0.32,
                    color=COLORS[who], alpha=1.0)
         b[1].set_alpha(0.5)
-        ax.bar_label(b, labels=[f"{_fmt(t.get('median'))}\nmedian", f"{_fmt(t.get('p95'))}\np95"], padding=2, fontsize=8)
+        ax.bar_label(b, labels=[f"{_fmt(t.get('median'))}\nmedian", f"{_fmt(t.get('p95'))}\np95"],
+                     padding=2, fontsize=8)
     floor = c["prompt_tokens"] / s["llama_bench_pp"] * 1e3
     ax.axhline(floor, color=COLORS["llama-bench"], ls="--", lw=1.2,
                label=f"prefill alone at llama-bench pp{results['llama_bench']['pp']['tokens']} speed: {floor:.0f} ms")

@@ -16,7 +16,8 @@ Each writes <out>/<stamp>-<model>-fa-<off|on>.{json,md,png} and prints the ratio
 
 Usage: bench/run.py [--model smollm2|gemma3|tiny|PATH] [--threads N] [--quick] [--flash-attn off|on|both]
                     [--levels N...] [--out DIR] [--pool|--pool-only]
-Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench, llama-batched-bench) and LLAMA_CPP_LIB_PATH: `make bench` sets both.
+Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench, llama-batched-bench) and LLAMA_CPP_LIB_PATH:
+`make bench` sets both.
 """
 from __future__ import annotations
 
@@ -36,10 +37,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "scripts"))
 
-import aiohttp  # noqa: E402
-import harness  # noqa: E402
-import report  # noqa: E402
-from harness import BenchError, LlamaServer, OursServer, median, quantile  # noqa: E402
+import aiohttp
+import harness
+import report
+from harness import BenchError, LlamaServer, OursServer, median, quantile
 
 FULL = {"prompt_tokens": 128, "max_tokens": 128, "runs": 10, "rounds": 3, "levels": [1, 2, 4, 8],
         "bench_reps": 3}

@@ -39,15 +39,12 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "collections"))
 
-from ansible_collections.ampere.llm.plugins.module_utils.haproxy_provider import (  # noqa: E402
-    HAProxyError, Runtime)
-from ansible_collections.ampere.llm.plugins.module_utils.rollout import (  # noqa: E402
-    Node, Rollout, RolloutFailed, plan)
+from ansible_collections.ampere.llm.plugins.module_utils.haproxy_provider import HAProxyError, Runtime
+from ansible_collections.ampere.llm.plugins.module_utils.rollout import Node, Rollout, RolloutFailed, plan
 
 NSPAWN = ROOT / "scripts/nspawn.sh"
 CLEAN = ROOT / "files/image/clean.sh"
@@ -126,7 +123,7 @@ class Config:
     rise: int = 2
     # HTTPS at the balancer: a PEM file holding the certificate chain and its key. With it, HAProxy
     # terminates TLS on https_port and answers plain HTTP on `port` with a redirect to HTTPS.
-    tls_cert: Optional[str] = None
+    tls_cert: str | None = None
     https_port: int = 8443
 
 
@@ -134,12 +131,12 @@ class Config:
 class State:
     config: Config
     images: list[str] = field(default_factory=list)
-    image: Optional[str] = None          # what new nodes are built from
+    image: str | None = None          # what new nodes are built from
     slots: dict[str, dict] = field(default_factory=dict)  # "s1" -> {"node", "image"}
     counter: int = 0                     # node names are never reused
 
     @classmethod
-    def load(cls, path: Path) -> "State":
+    def load(cls, path: Path) -> State:
         d = json.loads(path.read_text())
         return cls(config=Config(**d.pop("config")), **d)
 
@@ -204,7 +201,7 @@ class LocalPool:
         pid = CACHE / "machines" / f"{self.seed}.pid"
         return pid.exists() and Path(f"/proc/{pid.read_text().strip()}").exists()
 
-    def converge_seed(self, extra: Optional[dict] = None) -> None:
+    def converge_seed(self, extra: dict | None = None) -> None:
         """Boot the seed if needed and run site.yml on it (inventories/local + the pool's vars)."""
         run(sys.executable, ROOT / "scripts/small_models.py", "smollm2", quiet=True)
         self.key.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +216,7 @@ class LocalPool:
         run(playbook if playbook.exists() else "ansible-playbook", "site.yml", "-e", f"@{SEED_VARS}",
             "-e", json.dumps(evars), cwd=ROOT)
 
-    def bake(self, name: Optional[str] = None) -> str:
+    def bake(self, name: str | None = None) -> str:
         """Snapshot the serving seed into a cleaned image; returns its name."""
         if not self.seed_running():
             raise PoolError(f"the seed {self.seed} is not running: `up` (or converge_seed) first")
@@ -278,7 +275,7 @@ class LocalPool:
             balancer_drop_privileges=False,
             ansible_managed=f"Rendered by pool/local.py for pool {c.name} from the balancer role's template")
 
-    def haproxy_pid(self) -> Optional[int]:
+    def haproxy_pid(self) -> int | None:
         p = self.dir / "haproxy.pid"
         if p.exists():
             pid = int(p.read_text())
@@ -443,7 +440,7 @@ class LocalProvider:
     def undrain(self, node: Node) -> None:
         self.pool.rt.ready(self.pool.slot_of(node.id))
 
-    def in_flight(self, node: Node) -> Optional[int]:
+    def in_flight(self, node: Node) -> int | None:
         return int(self.pool.stats()[self.pool.slot_of(node.id)]["scur"] or 0)
 
     def remove(self, node: Node) -> None:

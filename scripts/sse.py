@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def _make_env_defaults() -> None:
 
 _make_env_defaults()
 
-import small_models  # noqa: E402  (needs scripts/ on sys.path)
+import small_models
 
 
 @pytest.fixture(scope="session")

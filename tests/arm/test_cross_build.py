@@ -44,7 +44,8 @@ N_PREDICT = 12  # ~1-2 s a token emulated: enough to see sense, little enough fo
 
 def role_cpu(target: str) -> dict:
     """The role's own filter (plugins/filter/llama_cpp.py), called as its preflight calls it."""
-    spec = importlib.util.spec_from_file_location("llama_cpp_filter", COLLECTION / "plugins" / "filter" / "llama_cpp.py")
+    spec = importlib.util.spec_from_file_location("llama_cpp_filter",
+                                                  COLLECTION / "plugins" / "filter" / "llama_cpp.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     # A named family needs no cpuinfo: the build host is x86 and the nodes are AmpereOne.

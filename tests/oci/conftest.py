@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ocitest, standin: unique names, not `conftest`
-from ocitest import COMPARTMENT, ROOT, TENANCY, USER  # noqa: E402
+from ocitest import COMPARTMENT, ROOT, TENANCY, USER
 
 sys.path.insert(0, str(ROOT / "collections"))
 
@@ -57,7 +57,8 @@ def ansible(standin, oci_key, tmp_path):
                ANSIBLE_CALLBACK_PLUGINS=str(Path(__file__).parent / "callback_plugins"),
                ANSIBLE_CALLBACKS_ENABLED="results_file", RESULTS_FILE=str(tmp_path / "results.json"),
                ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_PIPELINING="1", ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+               ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_PIPELINING="1",
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
                OCI_CONFIG_FILE=oci_key["config_file"], AMPERE_LLM_OCI_ENDPOINT=standin.url,
                AMPERE_LLM_OCI_POLL_INTERVAL="0.05")
     if (ROOT / "ansible.cfg").exists():

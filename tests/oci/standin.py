@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import oci
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from oci.autoscaling import models as asm
@@ -208,7 +209,7 @@ class StandIn:
         try:
             self.public_key.verify(base64.b64decode(fields["signature"]), "\n".join(lines).encode(),
                                    padding.PKCS1v15(), hashes.SHA256())
-        except Exception:
+        except (InvalidSignature, ValueError, TypeError):  # bad signature or undecodable base64
             raise ApiError(401, "NotAuthenticated", "signature does not verify") from None
 
     # ---- HTTP plumbing -------------------------------------------------------------------
@@ -391,7 +392,8 @@ class StandIn:
                 return m
 
             out += [("POST", v, f"/{path}", create),
-                    ("GET", v, f"/{path}", lambda q, p, kind=kind: self.of_kind(kind, q, vcn_id="vcnId", display_name="displayName")),
+                    ("GET", v, f"/{path}",
+                     lambda q, p, kind=kind: self.of_kind(kind, q, vcn_id="vcnId", display_name="displayName")),
                     ("GET", v, f"/{path}/([^/]+)", lambda q, p, i, kind=kind: self.get(i, kind))]
             if update_t:
                 out.append(("PUT", v, f"/{path}/([^/]+)", update))
@@ -408,8 +410,10 @@ class StandIn:
             users = [lb for lb in self.of("LoadBalancer") if rid in (lb.subnet_ids or []) and live(lb)]
             users += [i for i in self.of("Instance") if live(i) and self._vnic(i).subnet_id == rid]
         else:
-            users = [r for r in self.of("Subnet") if live(r) and (r.route_table_id == rid or rid in (r.security_list_ids or []))]
-            users += [r for r in self.of("RouteTable") if live(r) and any(x.network_entity_id == rid for x in r.route_rules or [])]
+            users = [r for r in self.of("Subnet")
+                     if live(r) and (r.route_table_id == rid or rid in (r.security_list_ids or []))]
+            users += [r for r in self.of("RouteTable")
+                      if live(r) and any(x.network_entity_id == rid for x in r.route_rules or [])]
         if users:
             raise ApiError(409, "Conflict", f"{kind} {rid} is still used by {len(users)} resource(s)")
         m.lifecycle_state = "TERMINATING"
@@ -497,9 +501,10 @@ class StandIn:
                 action_type="IN_PROGRESS", entity_type="instancePool", identifier=pool.id)]))
         wr._errors = []
         wanted = max(0, pool.size - len(have))
-        for k in range(min(wanted, self.host_capacity)):
+        for _ in range(min(wanted, self.host_capacity)):
             self.host_capacity -= 1
-            self._launch(pool.compartment_id, image, f"inst-{uuid.uuid4().hex[:5]}", pool, pool.placement_configurations[0])
+            self._launch(pool.compartment_id, image, f"inst-{uuid.uuid4().hex[:5]}", pool,
+                         pool.placement_configurations[0])
         for inst in sorted(have, key=lambda i: i.time_created, reverse=True)[:max(0, len(have) - pool.size)]:
             self._leave(pool, inst)
         launched = len(self._pool_instances(pool)) - len(have) if wanted else 0
@@ -596,7 +601,8 @@ class StandIn:
     def work(self, lb, kind, apply, delay=None):
         """LB changes happen asynchronously: a work request that succeeds after `delay`. One at a
         time: a second change while one is IN_PROGRESS gets 409, as on OCI."""
-        wr = self.new_id("WorkRequest", lbm.WorkRequest(load_balancer_id=lb.id, type=kind, compartment_id=lb.compartment_id,
+        wr = self.new_id("WorkRequest", lbm.WorkRequest(load_balancer_id=lb.id, type=kind,
+                                                         compartment_id=lb.compartment_id,
                                                          lifecycle_state="IN_PROGRESS", message="", time_accepted=now(),
                                                          error_details=[]))
 
@@ -611,7 +617,8 @@ class StandIn:
         for s in d.subnet_ids:
             self.get(s, "Subnet")
         listeners = {n: build(lbm.Listener, x, name=n) for n, x in (d.listeners or {}).items()}
-        sets = {n: build(lbm.BackendSet, x, name=n, backends=[], health_checker=build(lbm.HealthChecker, x.health_checker))
+        sets = {n: build(lbm.BackendSet, x, name=n, backends=[],
+                         health_checker=build(lbm.HealthChecker, x.health_checker))
                 for n, x in (d.backend_sets or {}).items()}
         for bs in sets.values():
             bs._etag = 1
@@ -652,18 +659,22 @@ class StandIn:
         self._lb_idle(lb)
         if "BEGIN CERTIFICATE" not in (d.public_certificate or "") or "PRIVATE KEY" not in (d.private_key or ""):
             raise ApiError(400, "InvalidParameter", "public_certificate and private_key must be PEM")
-        return self.work(lb, "CreateCertificate", lambda: lb.certificates.__setitem__(d.certificate_name, lbm.Certificate(
-            certificate_name=d.certificate_name, public_certificate=d.public_certificate, ca_certificate=d.ca_certificate)))
+        return self.work(lb, "CreateCertificate", lambda: lb.certificates.__setitem__(
+            d.certificate_name, lbm.Certificate(certificate_name=d.certificate_name,
+                                                public_certificate=d.public_certificate,
+                                                ca_certificate=d.ca_certificate)))
 
     def create_rule_set(self, q, parse, lid):
         lb, d = self.get(lid, "LoadBalancer"), parse("CreateRuleSetDetails")
         self._lb_idle(lb)
-        return self.work(lb, "CreateRuleSet", lambda: lb.rule_sets.__setitem__(d.name, lbm.RuleSet(name=d.name, items=d.items)))
+        return self.work(lb, "CreateRuleSet",
+                         lambda: lb.rule_sets.__setitem__(d.name, lbm.RuleSet(name=d.name, items=d.items)))
 
     def update_rule_set(self, q, parse, lid, name):
         lb, d = self.get(lid, "LoadBalancer"), parse("UpdateRuleSetDetails")
         self._lb_idle(lb)
-        return self.work(lb, "UpdateRuleSet", lambda: lb.rule_sets.__setitem__(name, lbm.RuleSet(name=name, items=d.items)))
+        return self.work(lb, "UpdateRuleSet",
+                         lambda: lb.rule_sets.__setitem__(name, lbm.RuleSet(name=name, items=d.items)))
 
     def get_backend_set(self, q, parse, lid, name):
         bs = self.get(lid, "LoadBalancer").backend_sets[name]
@@ -708,7 +719,8 @@ class StandIn:
 
     def _health(self, backend):
         """OK / CRITICAL, or None while the balancer has no health data for it yet."""
-        inst = next((r for i, r in self.res.items() if self.kind[i] == "Instance" and r._ip == backend.ip_address), None)
+        inst = next((r for i, r in self.res.items()
+                     if self.kind[i] == "Instance" and r._ip == backend.ip_address), None)
         if inst is None or inst._running_since is None or inst.image_id in self.no_health_images \
                 or time.monotonic() - inst._running_since < self.health_delay:
             return None
@@ -729,7 +741,8 @@ class StandIn:
         pick = lambda s: sorted(n for n, v in states.items() if v == s)  # noqa: E731
         status = "OK" if states and all(v == "OK" for v in states.values()) else (
             "CRITICAL" if not states or all(v == "CRITICAL" for v in states.values()) else "WARNING")
-        return lbm.BackendSetHealth(status=status, warning_state_backend_names=[], critical_state_backend_names=pick("CRITICAL"),
+        return lbm.BackendSetHealth(status=status, warning_state_backend_names=[],
+                                    critical_state_backend_names=pick("CRITICAL"),
                                     unknown_state_backend_names=pick("UNKNOWN"), total_backend_count=len(states))
 
     def record_serving(self):
@@ -752,7 +765,8 @@ class StandIn:
         d = parse("CreateAutoScalingConfigurationDetails")
         self.get(d.resource.id, "InstancePool")
         policies = [build(asm.ThresholdPolicy, p, id=uuid.uuid4().hex[:8], time_created=now(),
-                          rules=[build(asm.Condition, r, id=uuid.uuid4().hex[:8]) for r in p.rules]) for p in d.policies]
+                          rules=[build(asm.Condition, r, id=uuid.uuid4().hex[:8]) for r in p.rules])
+                    for p in d.policies]
         return self.new_id("AutoScalingConfiguration", build(
             asm.AutoScalingConfiguration, d, policies=policies, time_created=now(),
             min_resource_count=policies[0].capacity.min, max_resource_count=policies[0].capacity.max))

@@ -6,8 +6,8 @@ import importlib
 import pytest
 import yaml
 
-MODULES = ["oci_preflight", "oci_network", "oci_load_balancer", "oci_image", "oci_instance_configuration", "oci_instance_pool",
-           "oci_autoscaling", "oci_rollout"]
+MODULES = ["oci_preflight", "oci_network", "oci_load_balancer", "oci_image", "oci_instance_configuration",
+           "oci_instance_pool", "oci_autoscaling", "oci_rollout"]
 
 
 class Captured(Exception):

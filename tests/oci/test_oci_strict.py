@@ -134,7 +134,8 @@ def test_rollouts_meet_capacity_failure_no_health_data_conflicts_and_a_shape_cha
     standin.interfere = {"update_backend": 1, "detach_instance": 1}
     rc, out, log = ansible(PLAYBOOKS / "rollout.yml", {"image_id": v2, **FAST})
     assert rc == 0, log
-    assert {path.split("/")[2] for _, path in standin.conflicts} == {"loadBalancers", "instancePools"}, standin.conflicts
+    assert {path.split("/")[2] for _, path in standin.conflicts} == {"loadBalancers", "instancePools"}, \
+        standin.conflicts
     assert {n.image_id for n in pool_nodes(standin)} == {v2} and p.size == 2 and asc.is_enabled
 
     # 4. Same image, more OCPUs: a new instance configuration, and the nodes roll onto it.
@@ -234,7 +235,8 @@ def test_https_listener_with_an_uploaded_certificate_and_http_redirected(standin
     assert (rule.action, rule.response_code, rule.redirect_uri.protocol, rule.redirect_uri.port) == \
         ("REDIRECT", 301, "HTTPS", 443)
     lb_sl = {sl.display_name: sl for sl in standin.of("SecurityList")}["ampere-llm-lb-sl"]
-    assert {r.tcp_options.destination_port_range.min for r in lb_sl.ingress_security_rules if r.protocol == "6"} == {80, 443}
+    assert {r.tcp_options.destination_port_range.min
+            for r in lb_sl.ingress_security_rules if r.protocol == "6"} == {80, 443}
     assert "https://203.0.113.10/" in task_results(out, "The pool's URL")["msg"]
     assert "PRIVATE KEY" not in log
 

@@ -17,7 +17,8 @@ def pool_instances(standin):
 
 def test_pool_check_mode_then_create_then_nothing_to_change(standin, ansible):
     image = standin.add_image(COMPARTMENT, "ampere-llm-test")
-    rc, out, log = ansible(PLAYBOOKS / "pool.yml", {"image_id": image, "admin_cidr": "198.51.100.0/24"}, "--check", "--diff")
+    rc, out, log = ansible(PLAYBOOKS / "pool.yml", {"image_id": image, "admin_cidr": "198.51.100.0/24"},
+                           "--check", "--diff")
     assert rc == 0, log
     assert standin.mutations() == [], "check mode must not change anything"
     assert "Network (VCN, gateway, routes, subnets, security lists)" in changed_tasks(out)
@@ -28,13 +29,15 @@ def test_pool_check_mode_then_create_then_nothing_to_change(standin, ansible):
     assert lb.lifecycle_state == "ACTIVE"
     assert lb.listeners["http"].connection_configuration.idle_timeout == 3600
     bs = lb.backend_sets["ampere-llm"]
-    assert (bs.policy, bs.health_checker.url_path, bs.health_checker.protocol) == ("LEAST_CONNECTIONS", "/readyz", "HTTP")
+    assert (bs.policy, bs.health_checker.url_path, bs.health_checker.protocol) == \
+        ("LEAST_CONNECTIONS", "/readyz", "HTTP")
     nodes = pool_instances(standin)
     assert len(nodes) == 2 and {n.lifecycle_state for n in nodes} == {"RUNNING"}
     assert len({n.fault_domain for n in nodes}) == 2, "a pool of two spreads over two fault domains"
     assert sorted(b.name for b in bs.backends) == sorted(f"{n._ip}:80" for n in nodes)
-    rules = {sl.display_name: sorted((r.source, r.tcp_options.destination_port_range.min) for r in sl.ingress_security_rules
-                                     if r.protocol == "6") for sl in standin.of("SecurityList")}
+    rules = {sl.display_name: sorted((r.source, r.tcp_options.destination_port_range.min)
+                                     for r in sl.ingress_security_rules if r.protocol == "6")
+             for sl in standin.of("SecurityList")}
     assert rules == {"ampere-llm-lb-sl": [("0.0.0.0/0", 80)],
                      "ampere-llm-nodes-sl": [("10.0.0.0/24", 80), ("198.51.100.0/24", 22)]}
     (lb_egress,) = {sl.display_name: sl for sl in standin.of("SecurityList")}["ampere-llm-lb-sl"].egress_security_rules
@@ -202,7 +205,8 @@ def readyz():
 def test_bake_cleans_the_seed_and_captures_a_tagged_image_once(standin, ansible, seed_root, readyz, tmp_path):
     seed_id = standin.add_instance(COMPARTMENT)
     inv = tmp_path / "hosts.ini"
-    inv.write_text(f"[seed]\nseed-1 ansible_connection=local ansible_python_interpreter={__import__('sys').executable}\n")
+    inv.write_text("[seed]\nseed-1 ansible_connection=local "
+                   f"ansible_python_interpreter={__import__('sys').executable}\n")
     args = {"seed_instance_id": seed_id, "image_root": str(seed_root), "seed_readyz_url": readyz,
             "ansible_become": False, "model_hf_repo": "example/model-GGUF", "model_hf_revision": "abc123"}
     rc, out, log = ansible(PLAYBOOKS / "bake.yml", args, "-i", str(inv))

@@ -1,6 +1,5 @@
 """The shared roll-out algorithm (module_utils/rollout.py) on a fake pool with a fake clock: pure and fast."""
 import pytest
-
 from ansible_collections.ampere.llm.plugins.module_utils.rollout import Node, Rollout, RolloutFailed, plan
 
 
@@ -51,7 +50,8 @@ class FakePool:
 
     def remove(self, node):
         assert node.id.startswith("new") or node.id in self.drained, f"{node.id} removed before it was drained"
-        assert node.id.startswith("new") or self.in_flight(node) == 0 or self.clock() - self.drained[node.id] >= self.drain_timeout
+        assert node.id.startswith("new") or self.in_flight(node) == 0 \
+            or self.clock() - self.drained[node.id] >= self.drain_timeout
         del self.members[node.id]
         self.log.append(("remove", node.id))
         self.lowest_serving = min(self.lowest_serving, self.serving())

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "pool"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import local  # noqa: E402  pool/local.py
+import local
 
 # AMPERE_LLM_TEST_POOL_OFFSET=N runs a second test pool beside this one (name tN, every port + N): a
 # run's first step removes whatever an earlier run of the same pool left, so two runs of one pool on a
@@ -64,10 +64,10 @@ def leftovers(pool: local.LocalPool) -> list[str]:
     """Anything of this pool still running or mounted after teardown."""
     found = []
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    found += [l.strip() for l in ps.splitlines() if pool.prefix in l or str(pool.dir) in l]
+    found += [line.strip() for line in ps.splitlines() if pool.prefix in line or str(pool.dir) in line]
     if Path("/run/netns").exists():
         found += [f"netns {p.name}" for p in Path("/run/netns").glob(f"{pool.prefix}-*")]
-    found += [l for l in Path("/proc/mounts").read_text().splitlines() if pool.prefix in l]
+    found += [line for line in Path("/proc/mounts").read_text().splitlines() if pool.prefix in line]
     return found
 
 

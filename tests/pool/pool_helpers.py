@@ -53,7 +53,7 @@ def power_off(pool: local.LocalPool, node: str) -> None:
 
 def haproxy_rss_mib(pool: local.LocalPool) -> float:
     with open(f"/proc/{pool.haproxy_pid()}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def show(capsys, text: str) -> None:

@@ -14,8 +14,8 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 from sse import iter_reads  # scripts/sse.py (tests/conftest.py puts scripts/ on sys.path)
@@ -30,9 +30,9 @@ class Result:
     end: float = 0.0
     status: int = 0                 # HTTP status; 0 when no response came at all
     outcome: str = ""               # ok | http_error | error_event | closed | refused | hang
-    served_by: Optional[str] = None
+    served_by: str | None = None
     tokens: int = 0
-    retry_after: Optional[str] = None
+    retry_after: str | None = None
     detail: str = ""
 
     @property
@@ -45,8 +45,8 @@ def client_address(n: int) -> str:
     return f"127.0.1.{n + 1}"
 
 
-def connection(url: str, timeout: float, source: Optional[str] = None,
-               cafile: Optional[str] = None) -> http.client.HTTPConnection:
+def connection(url: str, timeout: float, source: str | None = None,
+               cafile: str | None = None) -> http.client.HTTPConnection:
     u = urlsplit(url)
     src = (source, 0) if source else None
     if u.scheme == "https":
@@ -56,7 +56,7 @@ def connection(url: str, timeout: float, source: Optional[str] = None,
 
 
 def stream_once(url: str, prompt: str, max_tokens: int, read_timeout: float = 30,
-                source: Optional[str] = None, cafile: Optional[str] = None) -> Result:
+                source: str | None = None, cafile: str | None = None) -> Result:
     """One streamed /generate, read event by event as scripts/stream_generate.py does."""
     r = Result(start=time.monotonic())
     body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
@@ -108,9 +108,9 @@ class Load:
     duration: float = 120.0
     max_tokens: int = 24
     pause: float = 0.0
-    cafile: Optional[str] = None    # the pool's certificate, for an https:// url
+    cafile: str | None = None    # the pool's certificate, for an https:// url
     results: list[Result] = field(default_factory=list)
-    on_result: Optional[Callable[[Result], None]] = None
+    on_result: Callable[[Result], None] | None = None
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -136,7 +136,7 @@ class Load:
             if self.pause:
                 time.sleep(self.pause)
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         self._deadline = time.monotonic() + self.duration
         self._threads = [threading.Thread(target=self._worker, args=(n,), daemon=True)
                          for n in range(self.clients)]

@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import local
 import pytest
 import yaml
-
-import local
 
 ROOT = local.ROOT
 ROLE = local.BALANCER_ROLE

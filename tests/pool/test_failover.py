@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import pool_helpers as h
+import pytest
 from pool_load import Load, report
+
 
 # HAProxy needs `fall` failed checks `inter` apart (fastinter once the first one failed), and up to
 # one interval passes before the first: (fall + 1) intervals, plus a second of slack for this box.

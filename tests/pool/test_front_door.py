@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import sys
 
-import pytest
-
 import local
+import pytest
 from pool_load import connection
 
 sys.path.insert(0, str(local.ROOT / "tests/web"))
-from web_helpers import CHROMIUM, CHROMIUM_ARGS, csp_problems, screenshot  # noqa: E402
+from web_helpers import CHROMIUM, CHROMIUM_ARGS, csp_problems, screenshot
 
 ACCESS_LOG = "/var/log/nginx/ampere-llm.access.log"  # the web role's default
 
@@ -68,7 +67,7 @@ def test_clients_are_rate_limited_and_logged_apart(pool2, capsys):
     assert {a, b, spoofer} <= addresses
     assert "198.51.100.7" not in addresses
     # Requests through the balancer are logged under their clients, never under the balancer.
-    assert not [l for l in logs.splitlines() if l.startswith("127.0.0.1 ") and "/v1/models" in l]
+    assert not [line for line in logs.splitlines() if line.startswith("127.0.0.1 ") and "/v1/models" in line]
 
 
 @pytest.mark.timeout(300)

@@ -17,11 +17,9 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 import local
+import pytest
 
 ROOT = local.ROOT
 sys.path.insert(0, str(ROOT / "tests/oci"))
@@ -131,7 +129,6 @@ class Front:
 
     def __init__(self, standin, netns, tmp_path):
         import oci
-
         from ansible_collections.ampere.llm.plugins.module_utils.haproxy_provider import Runtime
         self.standin, self.netns, self.tmp = standin, netns, tmp_path
         self.mgmt = oci.core.ComputeManagementClient(oci.config.from_file(standin.config_file),

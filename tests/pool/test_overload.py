@@ -2,9 +2,8 @@
 Retry-After instead of piling up, nothing crashes or restarts, memory stays steady."""
 from __future__ import annotations
 
-import pytest
-
 import pool_helpers as h
+import pytest
 from pool_load import Load, report
 
 ROUNDS = 3
@@ -20,7 +19,8 @@ def test_overload_answers_503_and_stays_up(pool2, capsys):
     memory = [(sum(before[n]["rss_mib"] for n in nodes), h.haproxy_rss_mib(pool))]
     phases = {}
     for i in range(1, ROUNDS + 1):
-        rs = Load(pool.url, cafile=pool.c.tls_cert, clients=CLIENTS, max_requests=PER_ROUND, duration=120, max_tokens=48).start().stop(180, wait=True)
+        rs = Load(pool.url, cafile=pool.c.tls_cert, clients=CLIENTS, max_requests=PER_ROUND, duration=120,
+                  max_tokens=48).start().stop(180, wait=True)
         phases[f"round {i}: {CLIENTS} clients at once"] = rs
         now = {n: h.service(pool, n) for n in nodes}
         memory.append((sum(now[n]["rss_mib"] for n in nodes), h.haproxy_rss_mib(pool)))

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import local
 import pool_helpers as h
+import pytest
 from pool_load import Load, report
 
 

@@ -3,7 +3,6 @@ bytes arrive split anywhere (mid-line, mid-character, between \\r and \\n)."""
 from __future__ import annotations
 
 import pytest
-
 from sse import Event, SSEReader
 
 STREAM = (": keep-alive\n\n"

@@ -24,7 +24,6 @@ from pathlib import Path
 import jinja2
 import jinja2.meta
 import pytest
-
 from web_helpers import CHROMIUM, CHROMIUM_ARGS, NGINX, ROLE, WEB, free_port, role_defaults
 
 

@@ -8,9 +8,7 @@ import signal
 import time
 
 import pytest
-
-from web_helpers import (LONG_PROMPT, ONE_THREAD, RawStream, counter, csp_problems,
-                         generate_body, screenshot)
+from web_helpers import LONG_PROMPT, ONE_THREAD, RawStream, counter, csp_problems, generate_body, screenshot
 
 # Records the answer's length at every DOM change, with the page's own clock: the test compares
 # the order of events, never their duration.

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from web_helpers import ROLE, ROOT, role_defaults
 
 PLAYBOOK = Path(__file__).with_name("role_render.yml")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from web_helpers import ONE_THREAD, RawStream, free_port, generate_body
 
 

@@ -19,7 +19,8 @@ class CallbackModule(CallbackBase):
 
     def _add(self, result, status):
         self.results.append(dict(task=result._task.get_name(), host=result._host.get_name(), status=status,
-                                 result=self._clean_results(dict(result._result), result._task.action) or result._result))
+                                 result=self._clean_results(dict(result._result), result._task.action)
+                                 or result._result))
 
     def v2_runner_on_ok(self, result):
         self._add(result, "ok")

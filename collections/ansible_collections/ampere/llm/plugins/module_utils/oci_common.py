@@ -72,7 +72,9 @@ class Oci:
         if params["auth_type"] == "instance_principal":
             try:
                 self.signer = oci.auth.signers.InstancePrincipalsSecurityTokenSigner()
-            except Exception as e:  # the metadata service is only there on an OCI instance
+            # the metadata service is only there on an OCI instance; the SDK raises anything from a
+            # connection error to a KeyError there, and every one means the same: report it
+            except Exception as e:  # noqa: BLE001
                 raise OciError(f"instance principal authentication failed ({type(e).__name__}): run "
                                f"on an OCI instance in a dynamic group, or use auth_type=api_key") from None
             self.config = {"region": params["region"] or self.signer.region}

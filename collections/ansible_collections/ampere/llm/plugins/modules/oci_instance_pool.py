@@ -114,7 +114,7 @@ availability_domain:
 import time
 from datetime import datetime, timezone
 
-from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, OciError
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciError, OciModule
 
 try:
     from oci.core import models as m

@@ -108,7 +108,7 @@ events:
   returned: success
 """
 
-from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, OciError
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciError, OciModule
 from ansible_collections.ampere.llm.plugins.module_utils.oci_provider import OciPoolProvider
 from ansible_collections.ampere.llm.plugins.module_utils.rollout import Rollout, RolloutFailed, plan
 
