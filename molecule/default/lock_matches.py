@@ -34,7 +34,8 @@ def main() -> int:
     with open(sys.argv[1], encoding="utf-8") as f:
         pins = locked_pins(f.read(), record["python"], record["machine"])
     installed = record["packages"]
-    mismatch = {name: [version, installed.get(name)] for name, version in pins.items() if installed.get(name) != version}
+    mismatch = {name: [version, installed.get(name)]
+                for name, version in pins.items() if installed.get(name) != version}
     print(json.dumps({"pins": len(pins), "mismatch": mismatch, "python": record["python"]}))
     return 1 if mismatch or not pins else 0
 

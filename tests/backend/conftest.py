@@ -7,11 +7,9 @@ Helpers (sse_events, wait_ready) live in backend_helpers.py.
 from __future__ import annotations
 
 import pytest
-
-from backend_helpers import wait_ready
-
-from ampere_llm_server.cli import Config, engine_factory
 from ampere_llm_server.app import init_app
+from ampere_llm_server.cli import Config, engine_factory
+from backend_helpers import wait_ready
 
 
 @pytest.fixture

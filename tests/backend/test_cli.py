@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from ampere_llm_server.cli import Config, ConfigError, load_config
+from ampere_llm_server.cli import ConfigError, load_config
 
 SERVER = str(Path(sys.executable).parent / "ampere-llm-server")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from backend_helpers import sse_events
 
 GREEDY = {"temperature": 0, "max_tokens": 24}

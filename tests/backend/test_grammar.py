@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime
 import enum
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import pytest
+from ampere_llm_server import grammar
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, Field
-
-from ampere_llm_server import grammar
 
 
 class Color(enum.Enum):
@@ -26,7 +25,7 @@ class Pet(BaseModel):
 
 class Person(BaseModel):
     name: str
-    age: Optional[int] = None
+    age: int | None = None
     color: Color
     pets: list[Pet]
     scores: dict[str, int]
@@ -34,14 +33,14 @@ class Person(BaseModel):
     seen: datetime.datetime
     id: uuid.UUID
     anything: Any
-    either: Union[int, str]
+    either: int | str
     code: str = Field(pattern=r"^[A-Z]{3}$")
     short: str = Field(max_length=10)
 
 
 class Node(BaseModel):  # recursive: pydantic writes {"$ref", "$defs"} at the top
     value: int
-    next: Optional["Node"] = None
+    next: Node | None = None
 
 
 @pytest.mark.parametrize("schema", [Person.model_json_schema(), to_strict_json_schema(Person),

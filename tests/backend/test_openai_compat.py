@@ -5,7 +5,6 @@ requests (the answers themselves are checked on SmolLM2 in test_clients.py and t
 from __future__ import annotations
 
 import pytest
-
 from ampere_llm_server import schema
 from ampere_llm_server.text import chat_renderer
 

@@ -6,8 +6,8 @@ import asyncio
 import json
 
 import aiohttp
-from gguf import GGUFWriter
 import numpy as np
+from gguf import GGUFWriter
 
 
 async def test_burst_beyond_slots_and_queue_is_200_or_503_never_500(run_server, tiny_model):

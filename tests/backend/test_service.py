@@ -7,7 +7,6 @@ import re
 import threading
 
 import openai
-
 from ampere_llm_server.app import STOP
 from ampere_llm_server.batch import BatchEngine
 from ampere_llm_server.engine import Done

@@ -4,7 +4,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from ampere_llm_server.text import TextStream
 
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import replace
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from sse import iter_reads  # scripts/sse.py
-
 from ampere_llm_server import grammar, sampling
 from ampere_llm_server.batch import MIN_CHUNK, BatchEngine, ConfigError, host_memory_available
 from ampere_llm_server.engine import Done, Failed, Job, SamplingParams, Token
+from sse import iter_reads  # scripts/sse.py
 
 GREEDY = SamplingParams(max_tokens=48, temperature=0.0, repeat_penalty=1.0)
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",

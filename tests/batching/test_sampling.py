@@ -14,7 +14,6 @@ from dataclasses import replace
 import llama_cpp
 import numpy as np
 import pytest
-
 from ampere_llm_server import grammar, text
 from ampere_llm_server.engine import SamplingParams
 from ampere_llm_server.sampling import TOKEN_DATA, Sampler, make_chain

@@ -15,7 +15,6 @@ import subprocess
 import tarfile
 
 import yaml
-
 from conftest import BIN, COLLECTION, REPO, ROLES, ansible_env
 
 
@@ -80,7 +79,8 @@ def test_tarball_carries_every_roles_payload(tmp_path):
             src = src.rstrip("/")
             assert src in names or any(n.startswith(src + "/") for n in names), f"{role}: tasks need {src}"
     # What the tasks reach by other means: the service the backend role packs and the page web_src names.
-    for path in ("roles/backend/files/backend/pyproject.toml", "roles/backend/files/backend/src/ampere_llm_server/cli.py",
+    for path in ("roles/backend/files/backend/pyproject.toml",
+                 "roles/backend/files/backend/src/ampere_llm_server/cli.py",
                  "roles/backend/files/requirements.lock", "roles/web/files/web/index.html"):
         assert path in names and (installed / path).is_file(), path
     assert "tests/sanity/ignore-2.19.txt" in names  # Galaxy's sanity run reads it from the artifact

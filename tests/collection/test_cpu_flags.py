@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
 from conftest import COLLECTION
 
 ALTRA = """processor       : 0

@@ -6,7 +6,6 @@ import json
 import subprocess
 
 import yaml
-
 from conftest import BIN, REPO, ansible_env
 
 

@@ -16,18 +16,16 @@ import platform
 import re
 import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
 import tomllib
+from conftest import REPO, ROLES
 from packaging.requirements import Requirement
 from packaging.tags import compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from conftest import REPO, ROLES
-
 sys.path.insert(0, str(REPO / "molecule" / "default"))
-from lock_matches import locked_pins  # noqa: E402  (the check molecule's verify runs on the nodes)
+from lock_matches import locked_pins
 
 LOCK = ROLES / "backend" / "files" / "requirements.lock"
 PYPROJECT = ROLES / "backend" / "files" / "backend" / "pyproject.toml"
@@ -88,7 +86,8 @@ def pypi_index():
 @pytest.mark.parametrize("python", ["3.10", "3.11", "3.12", "3.13"])
 def test_lock_installs_on_every_supported_host(pypi_index, machine, python):
     version = tuple(int(p) for p in python.split("."))
-    platforms = [f"manylinux_2_{m}_{machine}" for m in range(GLIBC_MINOR, 16, -1)] + [f"manylinux2014_{machine}", f"linux_{machine}"]
+    platforms = [f"manylinux_2_{m}_{machine}" for m in range(GLIBC_MINOR, 16, -1)]
+    platforms += [f"manylinux2014_{machine}", f"linux_{machine}"]
     tags = set(cpython_tags(version, platforms=platforms)) | set(compatible_tags(version, platforms=platforms))
     env = {"python_version": python, "python_full_version": python + ".0", "platform_machine": machine}
     for req, hashes in _entries():

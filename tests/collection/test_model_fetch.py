@@ -9,7 +9,6 @@ import re
 import sys
 
 import pytest
-
 from hf_standin import HubStandIn, Repo
 from small_models import SMOLLM2_SHA256, smollm2, tiny
 

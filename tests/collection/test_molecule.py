@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import BIN, REPO, ansible_env
 from small_models import smollm2
 

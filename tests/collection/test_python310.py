@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import tomllib
-
 from conftest import BIN, COLLECTION, ROLES
 
 SERVICE = ROLES / "backend" / "files" / "backend"

@@ -20,11 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from conftest import BIN, COLLECTION
-
 import ansible_test
+import pytest
+from conftest import BIN, COLLECTION
 
 GET_PIP = '''"""Stand-in for get-pip.py: pip install ARGS with the pip wheel bundled in Python's ensurepip."""
 import glob, os, sys, ensurepip

@@ -136,7 +136,7 @@ def expected_size(p: dict) -> int | None:
             with open_url(p["url"], method="HEAD", timeout=30) as r:
                 length = r.headers.get("Content-Length")
                 return int(length) if length else None
-        except Exception:  # the GET below reports an unreachable URL with its own message
+        except Exception:  # noqa: BLE001  the GET below reports an unreachable URL with its own message
             return None
     hub = import_hub()
     try:

@@ -265,7 +265,7 @@ def main():
         """Health checker and policy back to what is wanted, WITHOUT touching the backends: OCI's
         update replaces the whole list, so send the list of this etag; 412 means the pool registered
         a node since the read: read again."""
-        for _ in range(5):  # a few re-reads; the count is all that matters
+        for _attempt in range(5):  # a few re-reads; the count is all that matters
             got = o.call(lb.get_backend_set, cur_id[0], bs_name)
             backends = [m.BackendDetails(ip_address=b.ip_address, port=b.port, weight=b.weight, backup=b.backup,
                                          drain=b.drain, offline=b.offline) for b in got.data.backends or []]

@@ -17,8 +17,9 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -26,8 +27,7 @@ from . import __version__, openai, schema
 from .engine import Done, Engine, warm_up
 from .generate import generate
 from .metrics import Metrics
-from .pipeline import (CLIENT_GONE, CONFIG, METRICS, REQUEST_ID, SCHEDULER, TICKET, ApiError,
-                       json_error)
+from .pipeline import CLIENT_GONE, CONFIG, METRICS, REQUEST_ID, SCHEDULER, TICKET, ApiError, json_error
 from .scheduler import Scheduler
 
 log = logging.getLogger("ampere_llm")

@@ -31,10 +31,10 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import llama_cpp
 from llama_cpp._internals import LlamaModel
@@ -218,7 +218,7 @@ class BatchEngine:
                 self._admit()
                 if self._busy:
                     self._step()
-            except Exception as e:  # noqa: BLE001 - one bad step must not end the worker
+            except Exception as e:
                 log.exception("batch step failed")
                 self._fail_all(f"generation failed: {e}")
 

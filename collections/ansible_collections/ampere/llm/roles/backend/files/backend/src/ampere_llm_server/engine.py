@@ -12,8 +12,9 @@ makes thread-safe (loop.call_soon_threadsafe), so engines know nothing about asy
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol, Sequence, Union
+from typing import Literal, Protocol
 
 
 class ConfigError(ValueError):
@@ -58,7 +59,7 @@ class Failed:
     message: str
 
 
-Event = Union[Token, Done, Failed]
+Event = Token | Done | Failed
 
 
 @dataclass

@@ -16,8 +16,7 @@ from aiohttp import web
 
 from . import schema
 from .engine import Done
-from .pipeline import (CONFIG, REQUEST_ID, SCHEDULER, ApiError, prepare, read_body, respond, sse,
-                       usage_timings)
+from .pipeline import CONFIG, REQUEST_ID, SCHEDULER, ApiError, prepare, read_body, respond, sse, usage_timings
 from .scheduler import Ticket
 
 

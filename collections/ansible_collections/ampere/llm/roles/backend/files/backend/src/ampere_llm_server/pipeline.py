@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -56,11 +57,11 @@ async def read_body(request: web.Request, spec: schema.S) -> dict:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "payload_too_large",
-                       f"body is over the limit of {request.app[CONFIG].max_body_bytes} bytes")
+                       f"body is over the limit of {request.app[CONFIG].max_body_bytes} bytes") from None
     try:
         return schema.validate(schema.parse_json(raw), spec)
     except schema.Invalid as e:
-        raise ApiError(400, "invalid_request", str(e))
+        raise ApiError(400, "invalid_request", str(e)) from e
 
 
 @dataclass
@@ -125,7 +126,7 @@ def grammar_of(body: dict) -> str | None:
     try:
         return grammar.to_gbnf(schema_)
     except grammar.Unsupported as e:
-        raise ApiError(400, "invalid_request", f"{where}: {e}")
+        raise ApiError(400, "invalid_request", f"{where}: {e}") from e
 
 
 async def prepare(request: web.Request, body: dict, *, prompt: str | None = None,
@@ -150,7 +151,7 @@ async def prepare(request: web.Request, body: dict, *, prompt: str | None = None
     except Exception as e:  # the template's own raise_exception, or a model without template
         if messages is None:
             raise
-        raise ApiError(400, "invalid_request", f"messages: {e}")
+        raise ApiError(400, "invalid_request", f"messages: {e}") from e
     if not tokens:
         raise ApiError(400, "invalid_request", "prompt is empty")
     if len(tokens) >= engine.n_ctx:
@@ -168,7 +169,7 @@ def _open_engine(request: web.Request) -> Engine:
     try:
         return request.app[SCHEDULER].check_open()
     except Refused as e:
-        raise _refused(e)
+        raise _refused(e) from e
 
 
 def _refused(e: Refused) -> ApiError:
@@ -180,7 +181,7 @@ def _admit(request: web.Request, prep: Prepared) -> Ticket:
     try:
         ticket = request.app[SCHEDULER].submit(prep.tokens, prep.params)
     except Refused as e:
-        raise _refused(e)
+        raise _refused(e) from e
     request[TICKET] = ticket
     return ticket
 

@@ -18,8 +18,8 @@ import enum
 import math
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from .engine import Done, Engine, Event, Failed, Job, SamplingParams, Token
 from .metrics import Metrics

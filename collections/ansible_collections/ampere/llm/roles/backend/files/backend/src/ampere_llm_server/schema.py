@@ -39,8 +39,8 @@ class S:
     max_items: int | None = None
     max_length: int | None = None
     enum: tuple | None = None
-    items: "S | None" = None
-    properties: dict[str, "S"] = field(default_factory=dict)
+    items: S | None = None
+    properties: dict[str, S] = field(default_factory=dict)
     required: tuple[str, ...] = ()
     extra: bool = False                         # objects: unknown keys allowed (and ignored);
     #                                             with no properties: any object, kept as it is
@@ -81,7 +81,7 @@ def validate(value: Any, s: S, path: str = "") -> Any:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise Invalid(path, "contains an unpaired surrogate (\\ud800-\\udfff): not valid text")
+            raise Invalid(path, "contains an unpaired surrogate (\\ud800-\\udfff): not valid text") from None
     elif t == "array":
         if s.min_items is not None and len(value) < s.min_items:
             raise Invalid(path, f"needs at least {s.min_items} item(s)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import llama_cpp
 
