@@ -24,6 +24,7 @@ import pytest
 ROOT = local.ROOT
 sys.path.insert(0, str(ROOT / "tests/oci"))
 COLL = ROOT / "collections/ansible_collections/ampere/llm"
+SCRIPTS = ROOT / "scripts"  # the clients in the namespace read streams with scripts/sse.py
 PORT, FRONT = 18500, 18590  # inside the namespace only
 TENANCY, USER = "ocid1.tenancy.oc1..standintenancy", "ocid1.user.oc1..standinuser"
 COMPARTMENT = "ocid1.compartment.oc1..standincompartment"
@@ -49,6 +50,8 @@ http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever(
 
 CLIENT = """
 import http.client, json, sys, time
+sys.path.insert(0, sys.argv[3])
+from sse import iter_reads  # scripts/sse.py, the one SSE reader
 start = time.monotonic()
 r = {"start": start, "tokens": 0, "done": False, "served_by": None}
 try:
@@ -56,9 +59,10 @@ try:
     c.request("GET", "/stream?n=" + sys.argv[2])
     resp = c.getresponse()
     r["status"], r["served_by"] = resp.status, resp.getheader("X-Served-By")
-    for line in resp:
-        r["tokens"] += line.startswith(b"data: ") and not r["done"] and line != b"data: {}\\n"
-        r["done"] = r["done"] or line.startswith(b"event: done")
+    for events in iter_reads(resp):
+        for e in events:
+            r["done"] = r["done"] or e.name == "done"
+            r["tokens"] += e.name == "message" and not r["done"]
 except Exception as e:
     r["error"] = repr(e)
 r["end"] = time.monotonic()
@@ -200,7 +204,7 @@ class Front:
 
     def stream(self, tokens: int) -> None:
         """A client in the namespace streaming `tokens` events (0.1 s apart) through HAProxy."""
-        self.clients.append(self.netns(sys.executable, self.tmp / "client.py", FRONT, tokens,
+        self.clients.append(self.netns(sys.executable, self.tmp / "client.py", FRONT, tokens, SCRIPTS,
                                        stdout=subprocess.PIPE, text=True))
 
     def results(self) -> list[dict]:
