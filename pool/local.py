@@ -3,9 +3,9 @@
 It mirrors the OCI flow with real parts, so the whole life of a pool can be seen and tested here:
 - seed: a booted systemd-nspawn container (scripts/nspawn.sh) configured by site.yml with
   inventories/local plus pool/seed-vars.yml, on the host's network with ports of its own;
-- image: a copy of the seed's root filesystem cleaned by files/image/clean.sh (the very step
+- image: a copy of the seed's root filesystem cleaned by image/clean.sh (the very step
   playbooks/bake.yml runs before an OCI image is captured), plus the pool's user-data
-  (files/cloud-init/baked.yaml.j2: every node names itself), applied as cloud-init would;
+  (image/cloud-init/baked.yaml.j2: every node names itself), applied as cloud-init would;
 - nodes: containers booted from an image, each in a network namespace of its own that this tool
   creates (/run/netns/<pool>-sK): every node listens on 127.0.0.1 and the same ports, like instances
   from one image on their own VNICs, and nothing listens beyond loopback;
@@ -47,8 +47,8 @@ from ansible_collections.ampere.llm.plugins.module_utils.haproxy_provider import
 from ansible_collections.ampere.llm.plugins.module_utils.rollout import Node, Rollout, RolloutFailed, plan
 
 NSPAWN = ROOT / "scripts/nspawn.sh"
-CLEAN = ROOT / "files/image/clean.sh"
-USER_DATA = ROOT / "files/cloud-init/baked.yaml.j2"
+CLEAN = ROOT / "image/clean.sh"
+USER_DATA = ROOT / "image/cloud-init/baked.yaml.j2"
 SEED_VARS = ROOT / "pool/seed-vars.yml"
 BALANCER_ROLE = ROOT / "collections/ansible_collections/ampere/llm/roles/balancer"
 CACHE = Path(os.environ.get("AMPERE_LLM_CACHE", str(Path.home() / ".cache/ampere-llm")))
@@ -238,7 +238,7 @@ class LocalPool:
         self.state.images.append(name)
         self.state.image = self.state.image or name
         self.save()
-        log(f"image {name}: seed snapshot cleaned by files/image/clean.sh ({time.monotonic() - t0:.0f} s)")
+        log(f"image {name}: seed snapshot cleaned by image/clean.sh ({time.monotonic() - t0:.0f} s)")
         return name
 
     @staticmethod

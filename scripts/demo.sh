@@ -2,7 +2,7 @@
 # `make demo`: the reference architecture's pool on this machine (pool/local.py). A booted Debian 12
 # systemd container plays the seed host (scripts/nspawn.sh) and site.yml configures it exactly as it
 # would a real A2 host (inventories/local + pool/seed-vars.yml: llama.cpp from the sdist, SmolLM2);
-# its root filesystem, cleaned by files/image/clean.sh, becomes the image; two nodes boot from it,
+# its root filesystem, cleaned by image/clean.sh, becomes the image; two nodes boot from it,
 # each in a network namespace of its own; HAProxy balances them. Then the page's URL and one answer.
 #   demo.sh up     bring it up (a running pool is left as it is and shown)
 #   demo.sh down   stop and remove all of it (nodes, HAProxy, seed, images)

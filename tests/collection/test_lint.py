@@ -1,6 +1,6 @@
 """ansible-lint at its strictest (production) profile over the whole tree: every playbook, role,
 inventory, molecule scenario and collection file ansible-lint recognises (.ansible-lint excludes only
-what is not Ansible content: the venv, artifacts, bench, files/ and tests/)."""
+what is not Ansible content: the venv, artifacts and ansible-test output)."""
 from __future__ import annotations
 
 import os

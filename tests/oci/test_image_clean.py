@@ -1,9 +1,9 @@
-"""files/image/clean.sh, the one image-cleaning step (bake.yml on OCI, the local pool on its snapshot)."""
+"""image/clean.sh, the one image-cleaning step (bake.yml on OCI, the local pool on its snapshot)."""
 import subprocess
 
 from ocitest import ROOT
 
-CLEAN = ROOT / "files/image/clean.sh"
+CLEAN = ROOT / "image/clean.sh"
 
 
 def run(*args, env=None):

@@ -41,7 +41,7 @@ if [ -e "$ROOT/usr/sbin/sshd" ] && [ ! -e "$ROOT/usr/bin/cloud-init" ]; then
   mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
   unit=$ROOT/etc/systemd/system/ampere-llm-ssh-hostkeys.service
   cat > "$unit" <<'UNIT'
-# Installed by files/image/clean.sh: images without cloud-init regenerate SSH host keys here.
+# Installed by image/clean.sh: images without cloud-init regenerate SSH host keys here.
 [Unit]
 Description=Generate this node's SSH host keys (the image has none)
 ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
