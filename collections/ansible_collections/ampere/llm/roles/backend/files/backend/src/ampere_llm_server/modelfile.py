@@ -1,5 +1,9 @@
 """Checks a model file before anything starts: exists, is GGUF, and is as long as its header says.
 
+Hand-written, not gguf's GGUFReader: that reader parsed Gemma 3's header in 16 s (SmolLM2: 4 s)
+against 0.15 s here, reports a truncated file as a numpy reshape error, and would add gguf, PyYAML,
+requests and tqdm to the node's lock; the type sizes below are checked against gguf's in the tests.
+
 llama.cpp would find these faults too, but only after the service is up and the load balancer is
 probing it; a truncated download (the usual fault) then looks like a crash loop. Reading the GGUF
 header (key/values and tensor table, not the weights) takes milliseconds even for large files and
@@ -12,7 +16,8 @@ import struct
 from pathlib import Path
 
 GGUF_MAGIC = b"GGUF"
-# ggml tensor type id -> (elements per block, bytes per block); ids are stable in ggml.h.
+# ggml tensor type id -> (elements per block, bytes per block); ids are stable in ggml.h, and
+# tests/backend/test_modelfile.py holds this table equal to gguf's GGML_QUANT_SIZES.
 _TYPE_SIZES = {
     0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
     9: (32, 40), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
