@@ -9,6 +9,12 @@ otherwise be silently ignored); the OpenAI routes ignore fields OpenAI does not 
 declare every one it does: implemented, accepted with no effect on one local model (`user`,
 `metadata`, ...), or taken only with its harmless value (`n`: 1, `logprobs`: false, `tools`: [])
 and refused with a 400 that says why otherwise (`S.accept`).
+
+Hand-written, not pydantic: one 60-line walk gives the 400 messages clients and tests rely on (the
+field path, "expected string, got integer", null as not given, harmless-value-only fields refused
+with their reason) and the OpenAPI text from the same definitions; pydantic (measured: +0.2 s
+startup, 2 us against 4 us a body, noise beside one token) would need a translation layer for each
+of those larger than this validator, and pydantic-core's compiled wheels in the node's lock.
 """
 from __future__ import annotations
 
