@@ -42,7 +42,8 @@ def wait_for(predicate, timeout: float = 30, what: str = "condition") -> None:
 
 @pytest.fixture
 def smol(run_server, smollm2_model):
-    return run_server(smollm2_model, "--node-name", "smol-node", "--threads", "1")
+    # flash attention off: these tests compare answers of the same prompt, fresh and cached
+    return run_server(smollm2_model, "--node-name", "smol-node", "--threads", "1", "--flash-attn", "off")
 
 
 def rendered_by_hand(model_path, messages) -> str:

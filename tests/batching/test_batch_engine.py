@@ -61,14 +61,15 @@ def chat(engine, q: str) -> str:
 def smol(smollm2_model):
     # One thread: llama.cpp's threads spin-wait for each other, so two threads on a 2-core box that
     # is also running other tests crawl; exactness does not depend on the thread count.
-    e = BatchEngine(smollm2_model, n_ctx=512, slots=4, n_threads=1)
+    # Flash attention off (the engine's default is on): exactness in company holds only without it.
+    e = BatchEngine(smollm2_model, n_ctx=512, slots=4, n_threads=1, flash_attn=False)
     yield e
     e.close()
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model):
-    e = BatchEngine(tiny_model, n_ctx=256, slots=2, n_threads=1)
+    e = BatchEngine(tiny_model, n_ctx=256, slots=2, n_threads=1, flash_attn=False)
     yield e
     e.close()
 
@@ -120,7 +121,7 @@ def test_same_greedy_answer_with_one_slot(smol, smollm2_model):
     system = "You are a careful assistant. Answer in one short sentence. " * 4
     prompts = [chat_with(smol, system, "What is 2+2?")] + [chat(smol, q) for q in QUESTIONS[:2]]
     batched = [Run(smol, p) for p in prompts]
-    single = BatchEngine(smollm2_model, n_ctx=512, slots=1, n_threads=1)
+    single = BatchEngine(smollm2_model, n_ctx=512, slots=1, n_threads=1, flash_attn=False)
     try:
         for p, b in zip(prompts, batched):
             s = Run(single, p)
@@ -163,7 +164,7 @@ def test_constrained_greedy_is_the_same_alone_together_and_with_one_slot(smol, s
         assert isinstance(r.wait(), Done) and r.tokens == want.tokens, r.text
     for r in free:
         r.wait()
-    single = BatchEngine(smollm2_model, n_ctx=512, slots=1, n_threads=1)
+    single = BatchEngine(smollm2_model, n_ctx=512, slots=1, n_threads=1, flash_attn=False)
     try:
         for (prompt, params), want in zip(jobs[:2], alone):
             s = Run(single, prompt, params)
@@ -194,7 +195,7 @@ def test_first_logits_are_bit_identical_fresh_cached_cut_and_in_company(smol, sm
     prompt = smol.tokenize(chat(smol, JSON_QUESTIONS[0]))
     tag = lambda t: replace(GREEDY, max_tokens=1, seed=t)  # noqa: E731 - the seed names the run
     for n_batch in (512, len(prompt) - 1):  # whole, then cut so that one token is left over
-        e = BatchEngine(smollm2_model, n_ctx=512, slots=1, n_threads=1, n_batch=n_batch)
+        e = BatchEngine(smollm2_model, n_ctx=512, slots=1, n_threads=1, n_batch=n_batch, flash_attn=False)
         try:
             fresh = Run(e, prompt, tag(n_batch))
             assert fresh.wait().cached_tokens == 0
@@ -302,7 +303,8 @@ def test_memory_check_reads_the_units_own_cgroup(tmp_path):
 
 
 def test_http_parallel_4_streams_concurrently(run_server, smollm2_model):
-    server = run_server(smollm2_model, "--parallel", "4", "--ctx", "512", "--threads", "2")
+    server = run_server(smollm2_model, "--parallel", "4", "--ctx", "512", "--threads", "2",
+                        "--flash-attn", "off")  # alone and together answer alike (exactness)
 
     def generate(q: str) -> tuple[str, dict]:
         body = json.dumps({"messages": [{"role": "user", "content": q}], "max_tokens": 12,

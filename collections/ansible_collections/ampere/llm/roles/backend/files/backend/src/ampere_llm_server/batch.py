@@ -20,6 +20,14 @@ Why these choices:
   whose cells share the longest prefix with its prompt and only the rest is read
   (llama_memory_seq_rm from the point where they diverge, at most len - MIN_CHUNK).
   Done.cached_tokens reports it.
+- Flash attention on by default (what measures fastest here, and llama-server's default on CPU):
+  llama.cpp's CPU flash-attention kernel splits a sequence's attention differently with more
+  sequences in the ubatch, so a near-tie greedy token can depend on the batch's company;
+  `flash_attn=False` (--flash-attn off) keeps greedy output independent of it, at the cost the
+  bench measures (docs/bench/README.md).
+- Step accounting: every part of a step on this thread (scheduling, building the batch,
+  llama_decode, sampling, detokenising with the stop-string check, handing events to the caller)
+  is summed in `step_seconds` with perf_counter (~0.1 us a reading), for /metrics and the bench.
 - Memory: the KV cache is sized from model metadata BEFORE it is allocated and checked against
   what the host (or its cgroup) has left, so a configuration that does not fit fails at start
   with a message naming the knobs, instead of the OOM killer deciding later.
@@ -31,17 +39,22 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 from llama_cpp._internals import LlamaModel
 
 from .engine import ConfigError, Done, Failed, Job, Token
 from .sampling import NoTokenAllowed, Sampler
 from .text import FLUSH_TOKEN_ID, TextStream, chat_renderer, token_bytes
+
+# Where the engine thread's time goes, per step (BatchEngine.step_seconds; /metrics).
+STEP_PARTS = ("schedule", "batch", "decode", "sample", "detokenize", "handoff")
 
 log = logging.getLogger("ampere_llm.engine")
 
@@ -77,7 +90,7 @@ class _Slot:
 
 class BatchEngine:
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int, slots: int, n_threads: int,
-                 n_batch: int = 512, prefill_chunk: int = 128, flash_attn: bool = False,
+                 n_batch: int = 512, prefill_chunk: int = 128, flash_attn: bool = True,
                  memory_available: Callable[[], int] | None = None) -> None:
         """Blocks until the model is loaded (call it off the event loop); raises ConfigError when
         the settings cannot work, before allocating the KV cache."""
@@ -94,6 +107,10 @@ class BatchEngine:
         # Optional hook for metrics, called on the engine thread after each decode:
         # on_step(sequences_in_batch, tokens_in_batch). It must be quick and thread-safe.
         self.on_step: Callable[[int, int], None] | None = None
+        # Seconds this thread spent in each part of its steps, and how many steps: written only
+        # here, read by anyone (a scrape may see one step's parts half added: a metric).
+        self.step_seconds = dict.fromkeys(STEP_PARTS, 0.0)
+        self.steps = 0
         self._memory_available = memory_available or host_memory_available
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._busy = 0
@@ -155,10 +172,7 @@ class BatchEngine:
         cparams.n_ctx = per_seq * self.slots
         cparams.n_seq_max = self.slots
         cparams.kv_unified = False
-        # Flash attention off by default (--flash-attn): with llama.cpp's CPU flash-attention
-        # kernel, --parallel 1 and --parallel 4 gave different greedy answers on SmolLM2 (alone,
-        # in company and cached still agreed); off, they are the same. On is llama-server's default on CPU; make bench
-        # measures both (level on short prompts; the kernel is meant for long contexts).
+        # Flash attention (--flash-attn, on by default): see the module docstring.
         cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn
                                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cparams.n_batch = cparams.n_ubatch = self.n_batch
@@ -188,6 +202,10 @@ class BatchEngine:
         loaded.set_result(None)
         self._slots = [_Slot(seq=i) for i in range(self.slots)]
         self._waiting: collections.deque[Job] = collections.deque()
+        # Per token id: its bytes as text and whether it ends generation, asked of llama.cpp once
+        # (two ctypes calls and a buffer per token per step otherwise).
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         try:
             self._loop()
         finally:
@@ -214,9 +232,11 @@ class BatchEngine:
             except queue.Empty:
                 pass
             try:
+                t0 = time.perf_counter()
                 self._drop_cancelled()
                 self._admit()
                 if self._busy:
+                    self.step_seconds["schedule"] += time.perf_counter() - t0
                     self._step()
             except Exception as e:
                 log.exception("batch step failed")
@@ -268,6 +288,8 @@ class BatchEngine:
             job.started.set()
 
     def _step(self) -> None:
+        clock, spent = time.perf_counter, self.step_seconds
+        t0 = clock()
         batch = self._batch
         n = 0
 
@@ -305,25 +327,51 @@ class BatchEngine:
                 continue
             seqs += 1
         batch.n_tokens = n
+        t1 = clock()
+        spent["batch"] += t1 - t0
         rc = llama_cpp.llama_decode(self._ctx, batch)
+        t2 = clock()
+        spent["decode"] += t2 - t1
+        self.steps += 1
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         if self.on_step is not None:
             self.on_step(seqs, n)
-        for s in running:
-            if s.logits_at >= 0:
-                self._sample(s)
+        t3 = clock()
+        spent["handoff"] += t3 - t2             # on_step: the metrics' share of the hand-off
+        # The logits of every sequence that asked for them, one row each in batch order: one
+        # ctypes call and one numpy view per step instead of one per sequence.
+        outputs = [s for s in running if s.logits_at >= 0]
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx),
+                                       shape=(len(outputs), self._n_vocab)) if outputs else None
+        spent["sample"] += clock() - t3
+        for row, s in enumerate(outputs):
+            self._sample(s, logits[row])
 
-    def _sample(self, slot: _Slot) -> None:
+    def _sample(self, slot: _Slot, logits: np.ndarray) -> None:
         job = slot.job
+        clock, spent = time.perf_counter, self.step_seconds
+        t0 = clock()
         try:
-            tok = slot.sampler.sample(self._ctx, slot.logits_at)
+            tok = slot.sampler.pick(logits)
         except NoTokenAllowed as e:  # this sequence only: the others go on
             return self._finish(slot, None, Failed(f"generation failed: {e}"))
-        if llama_cpp.llama_vocab_is_eog(self._vocab, tok):
+        eog = self._eog.get(tok)
+        if eog is None:
+            eog = self._eog[tok] = llama_cpp.llama_vocab_is_eog(self._vocab, tok)
+        t1 = clock()
+        spent["sample"] += t1 - t0
+        if eog:
             return self._finish(slot, "stop")
         slot.made += 1
-        job.emit(Token(slot.text.push(token_bytes(self._vocab, tok)), tok))
+        piece = self._pieces.get(tok)
+        if piece is None:
+            piece = self._pieces[tok] = token_bytes(self._vocab, tok)
+        text = slot.text.push(piece)
+        t2 = clock()
+        spent["detokenize"] += t2 - t1
+        job.emit(Token(text, tok))
+        spent["handoff"] += clock() - t2
         if slot.text.stopped:
             return self._finish(slot, "stop")
         # prompt + completion never exceed the context (the last token is not evaluated)

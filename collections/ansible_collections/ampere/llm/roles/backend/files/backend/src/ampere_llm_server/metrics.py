@@ -5,6 +5,7 @@ Names are part of the contract (docs/CONTRACTS.md): dashboards and the page read
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 P = "ampere_llm_"
@@ -47,5 +48,31 @@ class Metrics:
         self.itl = Histogram(P + "inter_token_latency_seconds", "Time between streamed tokens",
                              buckets=ITL_BUCKETS, registry=r)
 
+    def watch_engine(self, engine) -> None:
+        """Expose the engine's own step accounting (BatchEngine.step_seconds and .steps), read at
+        scrape time: the decode thread only adds to floats, it never calls into Prometheus."""
+        if getattr(self, "_steps", None) is not None:
+            self.registry.unregister(self._steps)
+        self._steps = _EngineSteps(engine) if hasattr(engine, "step_seconds") else None
+        if self._steps is not None:
+            self.registry.register(self._steps)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineSteps:
+    """`engine_step_seconds_total{part}` and `engine_steps_total`: where the engine thread's time
+    goes per decode step (part: schedule, batch, decode, sample, detokenize, handoff)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def collect(self):
+        parts = CounterMetricFamily(P + "engine_step_seconds", "Seconds the engine thread spent "
+                                    "in each part of its decode steps", labels=["part"])
+        for part, seconds in list(self.engine.step_seconds.items()):
+            parts.add_metric([part], seconds)
+        yield parts
+        yield CounterMetricFamily(P + "engine_steps", "Decode steps (llama_decode calls)",
+                                  value=self.engine.steps)

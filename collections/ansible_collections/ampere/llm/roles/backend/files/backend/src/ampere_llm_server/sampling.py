@@ -85,6 +85,9 @@ class Sampler:
                      or p.presence_penalty != 0.0)
         self._recent = (collections.deque(maxlen=PENALTY_LAST_N)
                         if penalised and self._keep else None)
+        # Greedy with no-op penalties and no grammar: the chain would only confirm the argmax,
+        # so it is not called (three ctypes calls and a candidate array less per token).
+        self._argmax_only = self._keep == 1 and not penalised and self.grammar is None
         self._buf = np.empty(n_vocab, dtype=TOKEN_DATA)     # a shortlist can be all of it
         self._data = self._buf.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
         self._cur = llama_cpp.llama_token_data_array(data=self._data, size=0, selected=-1, sorted=False)
@@ -97,6 +100,8 @@ class Sampler:
     def pick(self, logits: np.ndarray) -> int:
         """The token for these logits (one per vocabulary entry), chosen by the chain from the
         shortlist; the chain accepts it."""
+        if self._argmax_only:
+            return int(logits.argmax())                         # the first (lowest) id, as greedy
         recent = (np.unique(np.fromiter(self._recent, np.int32, len(self._recent)))
                   if self._recent else None)
         if self._keep == 1 and recent is None:

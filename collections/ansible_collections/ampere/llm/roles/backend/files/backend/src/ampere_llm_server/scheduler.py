@@ -115,6 +115,7 @@ class Scheduler:
     def attach(self, engine: Engine) -> None:
         self.engine = engine
         self.metrics.slots_total.set(engine.slots)
+        self.metrics.watch_engine(engine)   # the engine's per-step time accounting, if it keeps one
         if hasattr(engine, "on_step"):  # BatchEngine reports each decode step from its thread
             engine.on_step = lambda sequences, tokens: self.metrics.batch_sequences.observe(sequences)
         if self.state is State.LOADING:
