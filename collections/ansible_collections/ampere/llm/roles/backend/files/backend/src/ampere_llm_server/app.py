@@ -92,7 +92,8 @@ ROUTES = (
 )
 _AUTH_PATHS = {r.path for r in ROUTES if r.auth}
 _ERROR_TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found",
-                405: "method_not_allowed", 413: "payload_too_large", 499: "cancelled"}
+                405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+                431: "headers_too_large", 499: "cancelled"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ERROR = web.RequestKey("error", str)  # "type: message" of an error reply, for the log line
 

@@ -50,7 +50,7 @@ def json_error(status: int, type_: str, message: str, headers=None) -> web.Respo
 
 
 async def read_body(request: web.Request, spec: schema.S) -> dict:
-    """The request's JSON body checked against `spec`; ApiError 400/413 otherwise."""
+    """The request's JSON body checked against `spec`; ApiError 400/413/415 otherwise."""
     try:
         # A declared Content-Length over the limit was refused by the body_limit middleware;
         # aiohttp stops reading at client_max_size for chunked bodies too.
@@ -58,6 +58,12 @@ async def read_body(request: web.Request, spec: schema.S) -> dict:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "payload_too_large",
                        f"body is over the limit of {request.app[CONFIG].max_body_bytes} bytes") from None
+    # A body declared as something else (a form, text: what an HTML form or curl -d without -H sends)
+    # is refused; none (aiohttp reads it as octet-stream) is read as JSON.
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type {ctype} is not JSON: send the body as Content-Type: application/json")
     try:
         return schema.validate(schema.parse_json(raw), spec)
     except schema.Invalid as e:

@@ -342,7 +342,7 @@ COMPLETIONS = S("object", "OpenAI (legacy) completion request. Implemented: prom
                 required=("prompt",), extra=True)
 
 ERROR_REPLY = S("object", "Every error reply", properties={"error": S("object", properties={
-    "type": S("string", "invalid_request | unauthorized | not_found | method_not_allowed | "
+    "type": S("string", "invalid_request | unauthorized | not_found | method_not_allowed | unsupported_media_type | "
               "payload_too_large | overloaded | not_ready | draining | internal"),
     "message": S("string", "What went wrong and, when it can be fixed, how")})})
 
