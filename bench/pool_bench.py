@@ -11,19 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "pool"))
+sys.path.insert(0, str(HERE.parent / "tests/pool"))  # the pool tests' load clients, one of them in the tree
 
+import autoscale
 import local
 from harness import OursServer, counting_prompts, median, run_round
+from pool_load import Load
 
 A2_PER_OCPU_HOUR = 0.01
 CORES_PER_OCPU = 2
 LB_PER_HOUR = 0.029
 STREAMS = 4
+# The demand ramp: (clients at once, seconds), each client one 16-token stream at a time with a
+# pause that keeps it under the nodes' per-client rate limit. The same ramp with and without the policy.
+RAMP = ((2, 15), (8, 20), (24, 30), (8, 15), (2, 10))
+RAMP_TOKENS = 16
+WAIT_S = 2.0
+# Local window and cool-down (seconds; OCI: 60 s and >= 300 s); thresholds from playbooks/vars/demand.yml.
+WINDOW, COOLDOWN = 5.0, 10.0
 # Its own ports, so it runs beside `make demo` and `make test` pools.
 CONFIG = local.Config(name="bench", port=18390, seed_ssh=22060, seed_backend=18300, seed_web=18380)
 
@@ -51,6 +63,73 @@ async def measure(url: str, rounds: int, max_tokens: int) -> dict:
     return {"aggregate_tps": median(per_round), "rounds_tps": per_round}
 
 
+def ramp(pool: local.LocalPool, scaler: autoscale.Autoscaler | None, settle: float = 60) -> dict:
+    """RAMP through HAProxy; node-seconds are counted from its start until the pool is back at its
+    minimum (with the policy) or the ramp ends (without), every node counted from its launch to its
+    removal, booting and draining included, as OCI bills."""
+    stop = threading.Event()
+    node_seconds = [0.0]
+
+    def count_nodes():
+        t = time.monotonic()
+        while not stop.wait(0.5):
+            now = time.monotonic()
+            node_seconds[0] += len(pool.state.slots) * (now - t)
+            t = now
+
+    counter = threading.Thread(target=count_nodes, daemon=True)
+    t0 = time.monotonic()
+    counter.start()
+    if scaler:
+        scaler.start()
+    results = []
+    try:
+        for clients, seconds in RAMP:
+            results += Load(pool.url, clients=clients, max_requests=100000, duration=seconds,
+                            max_tokens=RAMP_TOKENS, pause=0.6).start().stop(120, wait=True)
+        t_ramp = time.monotonic() - t0
+        deadline = time.monotonic() + settle
+        while scaler and len(pool.state.slots) > scaler.policy.min_nodes and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        if scaler:
+            scaler.stop()
+        stop.set()
+        counter.join()
+    served = [r for r in results if r.ok]
+    return {"requests": len(results), "served": len(served),
+            "refused_503": sum(r.status == 503 for r in results),
+            "other_failures": sum(not r.ok and r.status != 503 for r in results),
+            "waited_over_2s": sum(r.first_token - r.start > WAIT_S for r in served),
+            "ttft_p50_s": median([r.first_token - r.start for r in served]) if served else None,
+            "ttft_max_s": max((r.first_token - r.start for r in served), default=None),
+            "ramp_s": round(t_ramp, 1), "counted_s": round(time.monotonic() - t0, 1),
+            "node_minutes": round(node_seconds[0] / 60, 2),
+            "events": [{k: v for k, v in e.items() if k != "t"} | {"at_s": round(e["t"] - t0, 1)}
+                       for e in (scaler.events if scaler else [])]}
+
+
+def demand(pool: local.LocalPool, say=print) -> dict:
+    """The ramp without the demand policy (1 node throughout) and with it (1..3 nodes)."""
+    provider = local.LocalProvider(pool)
+    while len(pool.state.slots) > 1:  # both runs start from one node
+        pool.remove_node(provider.nodes()[-1].id)
+    policy = autoscale.Policy.load(window=WINDOW, cooldown=COOLDOWN, min_nodes=1, max_nodes=3)
+    out = {"ramp": [list(x) for x in RAMP], "max_tokens": RAMP_TOKENS, "policy": asdict(policy)}
+    for label, scaler in (("fixed, 1 node", None),
+                          ("demand policy, 1..3 nodes", autoscale.Autoscaler(pool, policy, poll=0.5,
+                                                                             log=lambda m: None))):
+        m = ramp(pool, scaler)
+        out[label] = m
+        say(f"==> demand ramp, {label}: {m['requests']} requests, {m['served']} served, "
+            f"{m['refused_503']} refused (503), {m['waited_over_2s']} waited > {WAIT_S:.0f} s for a first token, "
+            f"{m['node_minutes']:.2f} node-minutes over {m['counted_s']:.0f} s")
+        for e in m["events"]:
+            say(f"    {e['at_s']:6.1f} s {e['action']} {e['node'] or ''} (saturation {e['saturation']}, "
+                f"queue {e['queue']})")
+    return out
+
+
 def run(quick: bool = False, say=print) -> dict:
     rounds, max_tokens = (2, 32) if quick else (4, 96)
     pool = local.LocalPool(CONFIG)
@@ -70,6 +149,12 @@ def run(quick: bool = False, say=print) -> dict:
             out["sizes"].append(m)
             say(f"==> pool with {size} node(s): {m['aggregate_tps']:.1f} tok/s through HAProxy "
                 f"({STREAMS} streams at once, rounds {', '.join(f'{x:.1f}' for x in m['rounds_tps'])})")
+        out["demand"] = demand(pool, say)
+        pool.wait_boot_times()
+        out["boot"] = pool.boot_times()
+        say("==> boot-to-ready of each node (container start -> /readyz 200 -> first token, read at the node):\n"
+            + "\n".join(f"    {b['node']}: up {b['booted_s']} s, ready {b['ready_s']} s, "
+                         f"first token {b['first_token_s']} s" for b in out["boot"]))
     finally:
         pool.down()
     per_core = out["sizes"][0]["aggregate_tps"]

@@ -23,28 +23,39 @@ CLI (scripts/demo.sh uses it; state in $AMPERE_LLM_CACHE/pool/<name>/):
               [--tls-cert PEM --https-port 8443]     HTTPS at the balancer, HTTP redirected to it
   local.py bake [--converge KEY=VALUE ...]   new image from the seed (re-converged with those vars first)
   local.py roll IMAGE [--batch-size 1]       rolling replacement of every node to IMAGE
+  local.py autoscale [--min 1 --max 3 --window 10 --cooldown 20]
+                                             the demand autoscaler (pool/autoscale.py) in the foreground
   local.py status | down
+
+Every node that comes up logs its boot-to-ready time (container start -> /readyz 200 -> first
+token, read from inside the node's namespace) and appends it to boot.jsonl in the pool's state.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import http.client
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "collections"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from ansible_collections.ampere.llm.plugins.module_utils.haproxy_provider import HAProxyError, Runtime
 from ansible_collections.ampere.llm.plugins.module_utils.rollout import Node, Rollout, RolloutFailed, plan
+from sse import iter_reads
 
 NSPAWN = ROOT / "scripts/nspawn.sh"
 CLEAN = ROOT / "image/clean.sh"
@@ -88,6 +99,26 @@ def http_status(url: str, timeout: float = 3) -> int:
         return e.code
     except (OSError, urllib.error.URLError):
         return 0
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+@contextmanager
+def in_netns(name: str):
+    """Run the block in network namespace /run/netns/NAME: setns(2) moves only the calling thread,
+    and a socket made inside stays in that namespace after the thread moves back, so a node's own
+    loopback (where its /metrics and /readyz answer, as to a process on the node) is reached without
+    a subprocess per request."""
+    with open(f"/run/netns/{name}") as target, open("/proc/thread-self/ns/net") as home:
+        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the host's network namespace")
 
 
 def balancer_values(**values) -> dict:
@@ -153,6 +184,8 @@ class LocalPool:
         self.key = CACHE / "machines/demo_ed25519"  # inventories/local names this key
         self.state = State.load(self.state_path) if self.state_path.exists() else State(config)
         self.c = self.state.config  # a running pool keeps the ports it was started with
+        self.boot_timers: list[threading.Thread] = []
+        self._boot_lock = threading.Lock()
 
     # ---- bookkeeping -------------------------------------------------------------------------------
     def save(self) -> None:
@@ -179,6 +212,27 @@ class LocalPool:
 
     def netns(self, slot: str) -> str:
         return f"{self.prefix}-{slot}"
+
+    def node_connection(self, slot: str, timeout: float = 5) -> http.client.HTTPConnection:
+        """A connection to the node in `slot` at its own address (NGINX on 127.0.0.1 in its
+        namespace), not through HAProxy: what the node serves to itself (/metrics included)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.c.seed_web, timeout=timeout)
+        with in_netns(self.netns(slot)):
+            conn.connect()
+        return conn
+
+    def node_get(self, slot: str, path: str, timeout: float = 3) -> tuple[int, str]:
+        """GET path on the node in `slot`; (0, reason) when nothing answers."""
+        try:
+            conn = self.node_connection(slot, timeout)
+            try:
+                conn.request("GET", path)
+                r = conn.getresponse()
+                return r.status, r.read().decode(errors="replace")
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException) as e:
+            return 0, repr(e)
 
     def slot_of(self, node_id: str) -> str:
         for slot, s in self.state.slots.items():
@@ -338,13 +392,54 @@ class LocalPool:
         name = f"{self.prefix}-n{self.state.counter}"
         self.state.slots[slot] = {"node": name, "image": image}
         self.save()
+        t0 = time.monotonic()
         run("bash", NSPAWN, "boot", name, self.dir / "images" / image, self.netns(slot))
+        timer = threading.Thread(target=self._time_boot, args=(name, slot, t0, time.monotonic()), daemon=True)
+        timer.start()
+        self.boot_timers.append(timer)
         # The node enters as DOWN and serves only after `rise` passed checks of its /readyz.
         try:
             self.rt.enter_checked(slot)
         except HAProxyError as e:
             raise PoolError(str(e)) from None
         return Node(name, image)
+
+    def _time_boot(self, name: str, slot: str, t0: float, t_booted: float, timeout: float = 300) -> None:
+        """Boot-to-ready of a new node, read at the node itself: container start (t0) -> systemd
+        up -> /readyz 200 (model loaded, warm-up generation done) -> first token of a one-token
+        stream. Logged and appended to boot.jsonl (pool_bench reports it)."""
+        rec = {"node": name, "booted_s": round(t_booted - t0, 2), "ready_s": None, "first_token_s": None}
+        while time.monotonic() - t0 < timeout and self.state.slots.get(slot, {}).get("node") == name:
+            if self.node_get(slot, "/readyz", 2)[0] == 200:
+                rec["ready_s"] = round(time.monotonic() - t0, 2)
+                break
+            time.sleep(0.2)
+        if rec["ready_s"] is not None:
+            try:
+                conn = self.node_connection(slot, timeout=60)
+                conn.request("POST", "/generate", json.dumps({"prompt": "Hello", "max_tokens": 1}),
+                             {"Content-Type": "application/json", "Accept": "text/event-stream"})
+                r = conn.getresponse()
+                for events in iter_reads(r) if r.status == 200 else []:
+                    if any(e.name == "message" and "token" in e.json() for e in events):
+                        rec["first_token_s"] = round(time.monotonic() - t0, 2)
+                        break
+                conn.close()
+            except (OSError, http.client.HTTPException, ValueError):
+                pass
+        log(f"{name}: container up {rec['booted_s']} s, /readyz 200 at {rec['ready_s']} s, "
+            f"first token at {rec['first_token_s']} s after its start")
+        with self._boot_lock, open(self.dir / "boot.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def wait_boot_times(self, timeout: float = 300) -> None:
+        """Until every node started by this process has logged its boot-to-ready time."""
+        for t in self.boot_timers:
+            t.join(timeout)
+
+    def boot_times(self) -> list[dict]:
+        path = self.dir / "boot.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def remove_node(self, node_id: str) -> None:
         slot = self.slot_of(node_id)
@@ -387,6 +482,7 @@ class LocalPool:
         for _ in range(max(0, missing)):
             self.add_node(self.state.image)
         self.wait_healthy(nodes)
+        self.wait_boot_times()
 
     def down(self) -> None:
         """Everything this pool started, whatever state it is in (also after a failed run)."""
@@ -473,6 +569,13 @@ def main(argv=None) -> int:
     rl = sub.add_parser("roll", help="replace every node with one booted from IMAGE")
     rl.add_argument("image")
     rl.add_argument("--batch-size", type=int, default=1)
+    au = sub.add_parser("autoscale", help="grow and shrink the pool on its nodes' demand (pool/autoscale.py; "
+                        "thresholds from playbooks/vars/demand.yml) until Ctrl-C")
+    au.add_argument("--min", type=int, default=1)
+    au.add_argument("--max", type=int, default=3)
+    au.add_argument("--window", type=float, default=10, help="seconds the mean is taken over (OCI: 60)")
+    au.add_argument("--cooldown", type=float, default=20, help="seconds after an action (OCI: >= 300)")
+    au.add_argument("--poll", type=float, default=1)
     sub.add_parser("status")
     sub.add_parser("down")
     a = ap.parse_args(argv)
@@ -495,12 +598,20 @@ def main(argv=None) -> int:
         elif a.cmd == "roll":
             roll(pool, a.image, a.batch_size)
             print(pool.status())
+        elif a.cmd == "autoscale":
+            from autoscale import Autoscaler, Policy  # pool/autoscale.py imports this module
+            policy = Policy.load(window=a.window, cooldown=a.cooldown, min_nodes=a.min, max_nodes=a.max)
+            log(f"autoscaling pool {a.name}: {policy} (Ctrl-C ends it; the pool stays as it is)")
+            try:
+                Autoscaler(pool, policy, poll=a.poll).run()
+            except KeyboardInterrupt:
+                pass
         elif a.cmd == "status":
             print(pool.status())
         elif a.cmd == "down":
             pool.down()
             log(f"pool {a.name} removed (nodes, seed, HAProxy, namespaces, images)")
-    except (PoolError, RolloutFailed, HAProxyError) as e:
+    except (PoolError, RolloutFailed, HAProxyError, ValueError) as e:
         print(f"local.py: {e}", file=sys.stderr)
         return 1
     return 0

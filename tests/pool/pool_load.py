@@ -32,6 +32,7 @@ class Result:
     outcome: str = ""               # ok | http_error | error_event | closed | refused | hang
     served_by: str | None = None
     tokens: int = 0
+    first_token: float = 0.0        # when the first token arrived (time.monotonic); 0: none came
     retry_after: str | None = None
     detail: str = ""
 
@@ -79,7 +80,9 @@ def stream_once(url: str, prompt: str, max_tokens: int, read_timeout: float = 30
                 if event.name == "error":
                     r.outcome, r.detail = "error_event", event.data[:300]
                     return r
-                r.tokens += event.name == "message" and "token" in event.json()
+                if event.name == "message" and "token" in event.json():
+                    r.tokens += 1
+                    r.first_token = r.first_token or time.monotonic()
         r.outcome = "closed"  # the connection ended without a done or error event
     except ssl.SSLError as e:  # a TLS failure is the balancer's, never a hang or a closed stream
         r.outcome, r.detail = "tls", repr(e)
