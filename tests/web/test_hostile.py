@@ -1,7 +1,8 @@
 """Hostile input at the node's front door: the web role's NGINX site in front of the real backend on
-SmolLM2, one stack for the whole module. Every answer is JSON {"error": {"type", "message"}} with
-its status (never a 500, never one of NGINX's HTML pages), nothing hangs, and the node serves a
-normal request after each case."""
+SmolLM2, one stack for the whole module, and the balancer role's HAProxy in front of that (the local
+pool's front door, same template). Every answer is JSON {"error": {"type", "message"}} with its
+status (never a 500, never one of NGINX's or HAProxy's HTML pages), nothing hangs, and the node
+serves a normal request after each case."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Front, nginx_conf  # tests/web/conftest.py: the shipped site run by real NGINX
-from web_helpers import NGINX, ONE_THREAD, WEB, free_port
+from web_helpers import NGINX, ONE_THREAD, ROOT, WEB, free_port
+
+sys.path.insert(0, str(ROOT / "pool"))
+from local import render_balancer_config
 
 CTX = 512
 # One slot, one waiting place: the third concurrent request must be refused at once.
@@ -79,8 +83,8 @@ def node(tmp_path_factory, render_site, smollm2_model):
         print(f"--- nginx error.log\n{f.error_log()[-3000:]}")
 
 
-def raw(f: Front, data: bytes, timeout: float = 30) -> tuple[int, dict, bytes]:
-    """Send `data` as is (request line, headers, body) and read one response: (status, headers, body)."""
+def raw(f, data: bytes, timeout: float = 30) -> tuple[int, dict, bytes]:
+    """Send `data` as is (request line, headers, body) to `f.url` and read one response: (status, headers, body)."""
     with socket.create_connection(("127.0.0.1", int(f.url.rsplit(":", 1)[1])), timeout=timeout) as s:
         s.sendall(data)
         resp = HTTPResponse(s)
@@ -239,6 +243,26 @@ def test_absurd_urls_are_json(node, target, status):
     assert b"root:" not in got[2]
 
 
+BAD_REQUESTS = [  # (id, raw request, status): NGINX refuses these itself
+    ("no-host", b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+    ("garbage-line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n", 400),
+    ("bad-method", b"G(T /readyz HTTP/1.1\r\nHost: node\r\n\r\n", 400),
+    ("nul-in-header", b"GET /readyz HTTP/1.1\r\nHost: node\r\nX-A: a\x00b\r\n\r\n", 400),
+    ("two-lengths", b"POST /generate HTTP/1.1\r\nHost: node\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\n{}", 400),
+    ("bad-chunk", b"POST /generate HTTP/1.1\r\nHost: node\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"zz\r\n{}\r\n0\r\n\r\n", 400),
+    ("negative-length", b"POST /generate HTTP/1.1\r\nHost: node\r\nContent-Length: -5\r\n\r\n{}", 400),
+    ("unknown-transfer-coding", b"POST /generate HTTP/1.1\r\nHost: node\r\nTransfer-Encoding: gzip\r\n\r\n{}", 501),
+    ("http-9", b"GET /readyz HTTP/9.9\r\nHost: node\r\n\r\n", 505),
+]
+
+
+@pytest.mark.parametrize("request_bytes, status", [c[1:] for c in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
+def test_malformed_http_is_json(node, request_bytes, status):
+    assert_json_error(*raw(node, request_bytes), status)
+    assert_serving(node)
+
+
 def test_oversized_header_is_json_431(node):
     status, headers, body = raw(node, b"GET /readyz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n"
                                       b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n")
@@ -360,3 +384,93 @@ def test_many_connections_at_once_all_answered(node):
     assert 200 in statuses and 503 in statuses, statuses
     assert_serving(node)
 
+
+
+class Balancer:
+    def __init__(self, url: str, proc: subprocess.Popen) -> None:
+        self.url, self.proc = url, proc
+
+
+def start_haproxy(tmp: Path, node_port: int) -> Balancer:
+    port = free_port()
+    cfg = tmp / "haproxy.cfg"
+    cfg.write_text(render_balancer_config(
+        balancer_bind_addresses=["127.0.0.1"], balancer_http_port=port,
+        balancer_servers=[{"name": "n1", "address": "127.0.0.1", "port": node_port}],
+        balancer_runtime_socket=str(tmp / "haproxy.sock"), balancer_log_target="stderr format short",
+        balancer_drop_privileges=False, balancer_timeout_http_request=f"{CLIENT_TIMEOUT}s",
+        balancer_check_inter_ms=200, balancer_check_fastinter_ms=100))
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_port(port, proc, "haproxy")
+    return Balancer(f"http://127.0.0.1:{port}", proc)
+
+
+@pytest.fixture(scope="module")
+def balancers(node, tmp_path_factory):
+    """HAProxy on the balancer role's configuration: one before the node, one whose only node is down."""
+    up = start_haproxy(tmp_path_factory.mktemp("haproxy-up"), int(node.url.rsplit(":", 1)[1]))
+    down = start_haproxy(tmp_path_factory.mktemp("haproxy-down"), free_port())  # nothing listens there
+    deadline = time.monotonic() + 30
+    while raw(up, b"GET /readyz HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n")[0] != 200:
+        assert time.monotonic() < deadline, "HAProxy never found the node ready"
+        time.sleep(0.1)  # a poll interval
+    yield up, down
+    for b in (up, down):
+        b.proc.terminate()
+        b.proc.wait(10)
+
+
+THROUGH_BALANCER = [  # (id, raw request, status): what the node answers, passed on by HAProxy
+    ("dotdot", b"GET /../../etc/passwd HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n", 400),
+    ("trace", b"TRACE / HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n", 405),
+    ("bad-json", b"POST /generate HTTP/1.1\r\nHost: pool\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1\r\nConnection: close\r\n\r\n{", 400),
+    ("form-body", b"POST /v1/completions HTTP/1.1\r\nHost: pool\r\nContent-Type: application/x-www-form-urlencoded"
+                  b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}", 415),
+    ("big-body", b"POST /generate HTTP/1.1\r\nHost: pool\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 2000000\r\nConnection: close\r\n\r\n" + b" " * 2_000_000, 413),
+    ("unknown-page", b"GET /wp-admin/ HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n", 404),
+]
+
+
+@pytest.mark.parametrize("request_bytes, status", [c[1:] for c in THROUGH_BALANCER],
+                         ids=[c[0] for c in THROUGH_BALANCER])
+def test_through_the_balancer_errors_are_json(node, balancers, request_bytes, status):
+    up, _ = balancers
+    assert_json_error(*raw(up, request_bytes), status)
+    assert up.proc.poll() is None
+    assert_serving(node)
+
+
+def test_balancer_without_a_ready_node_is_json_503(balancers):
+    _, down = balancers
+    status, headers, body = raw(down, b"POST /generate HTTP/1.1\r\nHost: pool\r\nContent-Length: 2\r\n"
+                                      b"Connection: close\r\n\r\n{}")
+    assert_json_error(status, headers, body, 503)
+    assert headers.get("retry-after")
+
+
+HAPROXY_PARSER = [  # (id, what the client sends, status): refused by HAProxy's HTTP/1 parser itself
+    ("garbage-line", b"\x16\x03\x01\x02\x00 hello\r\n\r\n", 400),
+    ("oversized-header", b"GET /readyz HTTP/1.1\r\nHost: pool\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 400),
+    ("bad-length", b"POST /generate HTTP/1.1\r\nHost: pool\r\nContent-Length: x\r\n\r\n{}", 400),
+    ("slow-headers", b"GET /readyz HTTP/1.1\r\nHost: pool\r\n", 408),
+]
+
+
+@pytest.mark.parametrize("sent, status", [c[1:] for c in HAPROXY_PARSER], ids=[c[0] for c in HAPROXY_PARSER])
+def test_balancer_refuses_malformed_http_at_once(node, balancers, sent, status):
+    """Answered with the right status within timeout http-request, the connection closed, HAProxy and
+    the node serving on. The body is HAProxy's built-in HTML here: before 3.2 its HTTP/1 parser
+    ignores custom error pages (haproxy/haproxy#3032; Debian 12 ships 2.6)."""
+    up, _ = balancers
+    s = socket.create_connection(("127.0.0.1", int(up.url.rsplit(":", 1)[1])))
+    t0 = time.monotonic()
+    s.sendall(sent)
+    got = _read_all(s, CLIENT_TIMEOUT + 10)
+    s.close()
+    assert time.monotonic() - t0 < CLIENT_TIMEOUT + 10
+    assert got.startswith(f"HTTP/1.1 {status} ".encode()) and b"Connection: close" in got, got[:300]
+    assert up.proc.poll() is None
+    assert raw(up, b"GET /readyz HTTP/1.1\r\nHost: pool\r\nConnection: close\r\n\r\n")[0] == 200
+    assert_serving(node)
