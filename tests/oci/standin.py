@@ -20,7 +20,17 @@ And it says no the way OCI does:
   resource (`lose_answer` drops an answer once, as a network would, to make the SDK retry);
 - a backend set carries an etag and refuses a stale if-match with 412;
 - a pool with a pre-termination action drains a leaving node's backend and terminates it after
-  the timeout (scaled down to `pre_termination_wait` seconds).
+  the timeout (scaled down to `pre_termination_wait` seconds);
+- PostMetricData (telemetry-ingestion) checks each metric object by OCI's rules (namespace, name,
+  1-20 dimensions, metadata, timestamps less than 2 h old and less than 10 min ahead, at most 50
+  metric streams a call) and answers failedMetrics as OCI does (NON_ATOMIC: the rest is kept;
+  ATOMIC or all failed: 400 InvalidParameter); the metrics it keeps are in `metrics`;
+- autoscaling policies are checked as OCI does: cool-down >= 300 s, COMPUTE_AGENT rules with a CPU
+  or memory threshold, CUSTOM_QUERY rules with a namespace, a pending duration of PT3M-PT1H and an
+  MQL threshold query (a malformed one: 400 InvalidParameter); `evaluate_autoscaling()` runs the
+  queries over the posted metrics (mean/max/min/sum/count over the window) and scales the pool as
+  OCI's alarms would (cool-down and pending duration not modelled);
+- IAM policies (`policies`, statements as text, read by oci_preflight) are listed per compartment.
 """
 from __future__ import annotations
 
@@ -45,11 +55,28 @@ from oci.autoscaling import models as asm
 from oci.core import models as cm
 from oci.identity import models as im
 from oci.load_balancer import models as lbm
+from oci.monitoring import models as mm
 from oci.work_requests import models as wrm
 
 AD = "Uocm:STANDIN-AD-1"
 AD2 = "Uocm:STANDIN-AD-2"
 OUT_OF_CAPACITY = "Out of host capacity."
+COMPARTMENT_NAME = "ampere-llm"
+# The statement docs/oci.md gives the nodes (a dynamic group with `use metrics` in the compartment).
+NODE_METRICS_POLICY = "Allow dynamic-group ampere-llm-nodes to use metrics in compartment ampere-llm"
+# OCI's rules for custom metrics (the SDK's MetricDataDetails docs; PostMetricData's per-call limits).
+NAMESPACE_RX = re.compile(r"^[a-z][a-z0-9_]*[a-z0-9]$")
+METRIC_NAME_RX = re.compile(r"^[A-Za-z][A-Za-z0-9_.$-]*$")
+DIMENSION_KEY_RX = re.compile(r"^[!-~]{1,256}$")   # printable ASCII, no space
+MAX_STREAMS, MAX_DIMENSIONS = 50, 20
+# An MQL threshold query as OCI's autoscaling takes it (an alarm's trigger rule).
+MQL_RX = re.compile(
+    r'^\s*(?P<metric>[A-Za-z][A-Za-z0-9_.$-]*)\[(?P<n>\d+)(?P<unit>[mh])\]'
+    r'(?:\{(?P<dims>\s*[A-Za-z][\w.-]*\s*(?:=|!=|=~)\s*"[^"]*"(?:\s*,\s*[A-Za-z][\w.-]*\s*(?:=|!=|=~)\s*"[^"]*")*\s*)\})?'
+    r'(?P<g1>\.(?:grouping\(\)|groupBy\([^)]+\)))?'
+    r'\.(?P<stat>mean|sum|count|max|min|rate|last|avg|percentile)\((?P<arg>[^)]*)\)'
+    r'(?P<g2>\.(?:grouping\(\)|groupBy\([^)]+\)))?'
+    r'\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>-?\d+(?:\.\d+)?)\s*$')
 
 
 def family(version, path):
@@ -60,6 +87,8 @@ def family(version, path):
         return "auto-scaling-configurations"
     if version == "20190729":
         return "resource-availability"
+    if version == "20180401":
+        return "metrics"
     top = path.split("/")[2]
     if top in ("instanceConfigurations", "instancePools", "workRequests"):
         return "compute-management-family"
@@ -67,6 +96,8 @@ def family(version, path):
         return "instance-family"
     if top == "availabilityDomains":
         return None
+    if top in ("policies", "compartments"):
+        return "policies"
     return "virtual-network-family"
 
 
@@ -108,6 +139,9 @@ class StandIn:
         self.retry_tokens: dict[str, tuple] = {}     # opc-retry-token -> the first answer
         self.creates_without_token: list[str] = []
         self.core_limit = {"standard-a2-core-count": 200, "standard-a1-core-count": 200}  # per AD, cores
+        self.metrics: list[dict] = []          # every datapoint PostMetricData accepted
+        self.policies = [NODE_METRICS_POLICY]  # IAM statements in the compartment (a tenancy has more)
+        self.scaled: list[tuple[str, int]] = []  # (autoscaling configuration id, step) evaluate_autoscaling took
         self.lock = threading.RLock()
         self.res: dict[str, object] = {}       # OCID -> SDK model
         self.kind: dict[str, str] = {}         # OCID -> kind
@@ -119,7 +153,8 @@ class StandIn:
         # Each service's serializer: the SDK's own, so shapes and camelCase names are OCI's.
         self.ser = {v: c(config).base_client for v, c in {
             "20160918": oci.core.ComputeClient, "20170115": oci.load_balancer.LoadBalancerClient,
-            "20181001": oci.autoscaling.AutoScalingClient, "20190729": oci.limits.LimitsClient}.items()}
+            "20181001": oci.autoscaling.AutoScalingClient, "20190729": oci.limits.LimitsClient,
+            "20180401": oci.monitoring.MonitoringClient}.items()}
         self.ident = oci.identity.IdentityClient(config).base_client
         self.routes = [(m, re.compile(f"^/{v}{p}$"), h) for m, v, p, h in self._routes()]
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -179,7 +214,7 @@ class StandIn:
             return [r for i, r in self.res.items() if self.kind[i] == kind]
 
     def mutations(self):
-        return [r for r in self.requests if r[0] != "GET"]
+        return [r for r in self.requests if r[0] != "GET" and not r[1].endswith("/actions/listMetrics")]  # a POST read
 
     def backend_health(self, lb, bs_name):
         with self.lock:
@@ -263,12 +298,13 @@ class StandIn:
         token = headers.get("opc-retry-token") if method == "POST" else None
         if token and token in self.retry_tokens:  # a retried create: the first answer again
             return self.retry_tokens[token]
-        if method == "POST" and "/actions/" not in path and not token:
+        if method == "POST" and "/actions/" not in path and not token and version != "20180401":  # posts are no creates
             self.creates_without_token.append(path)
         if self.interfere.get(name):
             self.interfere[name] -= 1
             self._interfere(*map(unquote, match.groups()))
-        ser = self.ident if path.endswith("/availabilityDomains") else self.ser[version]
+        ident = path.endswith("/availabilityDomains") or family(version, path) == "policies"
+        ser = self.ident if ident else self.ser[version]
         parse = lambda t: ser.deserialize_response_data(body, t)  # noqa: E731
         self.headers = headers
         result = handler(q, parse, *map(unquote, match.groups()))
@@ -363,6 +399,15 @@ class StandIn:
             ("GET", asc, "/autoScalingConfigurations/([^/]+)", lambda q, p, i: self.get(i, "AutoScalingConfiguration")),
             ("PUT", asc, "/autoScalingConfigurations/([^/]+)", self.update_autoscaling),
             ("DELETE", asc, "/autoScalingConfigurations/([^/]+)", self.delete_autoscaling),
+            ("POST", "20180401", "/metrics", self.post_metric_data),
+            ("POST", "20180401", "/metrics/actions/listMetrics", self.list_metrics),
+            ("GET", core, "/policies", lambda q, p: [
+                im.Policy(id=f"ocid1.policy.oc1..standin{n}", compartment_id=q.get("compartmentId"), name=f"p{n}",
+                          statements=[s], description="", lifecycle_state="ACTIVE", time_created=now())
+                for n, s in enumerate(self.policies)]),
+            ("GET", core, "/compartments/([^/]+)", lambda q, p, i: im.Compartment(
+                id=i, name=COMPARTMENT_NAME, compartment_id="ocid1.tenancy.oc1..standintenancy", description="",
+                lifecycle_state="ACTIVE", time_created=now())),
         ]
 
     # ---- networking: create, list, get (and update for rules) with PROVISIONING -> AVAILABLE
@@ -760,10 +805,133 @@ class StandIn:
                    and i.availability_domain == q.get("availabilityDomain")) * 2
         return ResourceAvailability(used=used, available=max(0, self.core_limit[name] - used))
 
+    # ---- monitoring (telemetry-ingestion) ---------------------------------------------------------
+    def _metric_error(self, md):
+        """Why OCI would refuse one metric object, or None."""
+        ns = md.namespace or ""
+        if not NAMESPACE_RX.match(ns) or ns.startswith(("oci_", "oracle_")):
+            return (f"Invalid namespace '{ns}': must start with a lower case letter, contain only lower case letters, "
+                    f"digits and underscores, and not start with oci_ or oracle_")
+        if not METRIC_NAME_RX.match(md.name or ""):
+            return f"Invalid metric name '{md.name}'"
+        if not md.compartment_id:
+            return "compartmentId is required"
+        dims = md.dimensions or {}
+        if not 1 <= len(dims) <= MAX_DIMENSIONS:
+            return f"A metric needs 1 to {MAX_DIMENSIONS} dimensions, got {len(dims)}"
+        for k, v in dims.items():
+            if not DIMENSION_KEY_RX.match(k) or not v or len(v) > 512:
+                return f"Invalid dimension {k!r}={v!r}: keys printable ASCII without spaces (<= 256), values 1-512"
+        for k, v in (md.metadata or {}).items():
+            if len(k) > 256 or len(v or "") > 256:
+                return f"Invalid metadata {k!r}: keys and values at most 256 characters"
+        if not md.datapoints:
+            return "At least one datapoint is required"
+        t = now()
+        for dp in md.datapoints:
+            if dp.timestamp is None or (t - dp.timestamp).total_seconds() >= 7200:
+                return f"Datapoint timestamp {dp.timestamp} is more than 2 hours in the past"
+            if (dp.timestamp - t).total_seconds() >= 600:
+                return f"Datapoint timestamp {dp.timestamp} is more than 10 minutes in the future"
+            if dp.count is not None and dp.count <= 0:
+                return "Datapoint count must be greater than zero"
+        return None
+
+    def post_metric_data(self, q, parse):
+        d = parse("PostMetricDataDetails")
+        data = d.metric_data or []
+        streams = {(m.namespace, m.name, tuple(sorted((m.dimensions or {}).items()))) for m in data}
+        if len(streams) > MAX_STREAMS:
+            raise ApiError(400, "InvalidParameter", f"At most {MAX_STREAMS} unique metric streams per call, "
+                                                     f"got {len(streams)}")
+        failed = [mm.FailedMetricRecord(message=err, metric_data=m) for m in data if (err := self._metric_error(m))]
+        if failed and (d.batch_atomicity == "ATOMIC" or len(failed) == len(data)):
+            raise ApiError(400, "InvalidParameter", "; ".join(f.message for f in failed))
+        bad = {id(f.metric_data) for f in failed}
+        for m in data:
+            if id(m) not in bad:
+                self.metrics += [dict(namespace=m.namespace, name=m.name, dimensions=dict(m.dimensions),
+                                      compartment_id=m.compartment_id, timestamp=dp.timestamp, value=dp.value)
+                                 for dp in m.datapoints]
+        return mm.PostMetricDataResponseDetails(failed_metrics_count=len(failed), failed_metrics=failed)
+
+    def list_metrics(self, q, parse):
+        d = parse("ListMetricsDetails")
+        seen = {(m["namespace"], m["name"], tuple(sorted(m["dimensions"].items()))) for m in self.metrics
+                if m["compartment_id"] == q.get("compartmentId") and d.namespace in (None, m["namespace"])}
+        return [mm.Metric(namespace=ns, name=n, dimensions=dict(dims), compartment_id=q.get("compartmentId"))
+                for ns, n, dims in sorted(seen)]
+
     # ---- autoscaling ---------------------------------------------------------------------------
+    def _check_policy(self, d):
+        """OCI's checks of a new autoscaling configuration (400 InvalidParameter)."""
+        if (d.cool_down_in_seconds or 300) < 300:
+            raise ApiError(400, "InvalidParameter", f"coolDownInSeconds must be at least 300, "
+                                                     f"got {d.cool_down_in_seconds}")
+        for pol in d.policies:
+            for r in pol.rules or []:
+                metric = r.metric
+                if metric.metric_source == "CUSTOM_QUERY":
+                    if not NAMESPACE_RX.match(metric.namespace or ""):
+                        raise ApiError(400, "InvalidParameter", f"Invalid namespace '{metric.namespace}'")
+                    if not MQL_RX.match(metric.query or ""):
+                        raise ApiError(400, "InvalidParameter", f"Invalid query: '{metric.query}' is not a "
+                                                                 f"valid MQL threshold expression")
+                    if metric.pending_duration not in (None, "PT1H") and not (
+                            re.match(r"^PT(\d+)M$", metric.pending_duration)
+                            and 3 <= int(metric.pending_duration[2:-1]) <= 60):
+                        raise ApiError(400, "InvalidParameter", f"pendingDuration {metric.pending_duration} must "
+                                                                 f"be PT3M to PT1H")
+                elif metric.metric_source in (None, "COMPUTE_AGENT"):
+                    if getattr(metric, "metric_type", None) not in ("CPU_UTILIZATION", "MEMORY_UTILIZATION") \
+                            or getattr(metric, "threshold", None) is None:
+                        raise ApiError(400, "InvalidParameter", "a COMPUTE_AGENT rule needs a metricType "
+                                                                 "(CPU_UTILIZATION, MEMORY_UTILIZATION) and a threshold")
+                else:
+                    raise ApiError(400, "InvalidParameter", f"unknown metricSource {metric.metric_source}")
+
+    def evaluate_autoscaling(self):
+        """Evaluate every enabled CUSTOM_QUERY rule over the metrics posted within its window, as OCI's
+        alarms would, and change the pool by the first rule that fires (out before in). Returns the steps."""
+        taken = []
+        with self.lock:
+            for a in self.of("AutoScalingConfiguration"):
+                if not a.is_enabled:
+                    continue
+                pool = self.get(a.resource.id, "InstancePool")
+                for pol in a.policies:
+                    for r in sorted(pol.rules, key=lambda r: -r.action.value):
+                        if getattr(r.metric, "metric_source", None) != "CUSTOM_QUERY" \
+                                or not self._fires(r.metric.namespace, a.compartment_id, r.metric.query):
+                            continue
+                        size = min(pol.capacity.max, max(pol.capacity.min, pool.size + r.action.value))
+                        if size != pool.size and pool.lifecycle_state == "RUNNING":
+                            pool.size = size
+                            self._resize(pool, "UpdateInstancePool")
+                            taken.append((a.id, r.action.value))
+                            self.scaled.append((a.id, r.action.value))
+                        break
+        return taken
+
+    def _fires(self, namespace, compartment_id, query):
+        m = MQL_RX.match(query)
+        window = int(m["n"]) * (60 if m["unit"] == "m" else 3600)
+        want = dict(re.findall(r'([A-Za-z][\w.-]*)\s*=\s*"([^"]*)"', m["dims"] or ""))
+        values = [x["value"] for x in self.metrics if x["namespace"] == namespace and x["name"] == m["metric"]
+                  and x["compartment_id"] == compartment_id and (now() - x["timestamp"]).total_seconds() <= window
+                  and all(x["dimensions"].get(k) == v for k, v in want.items())]
+        if not values:
+            return False  # no data: an alarm stays OK, nothing scales
+        stat = {"mean": lambda v: sum(v) / len(v), "avg": lambda v: sum(v) / len(v), "max": max, "min": min,
+                "sum": sum, "count": len, "last": lambda v: v[-1]}.get(m["stat"], lambda v: sum(v) / len(v))(values)
+        limit = float(m["value"])
+        return {">": stat > limit, ">=": stat >= limit, "<": stat < limit, "<=": stat <= limit,
+                "==": stat == limit, "!=": stat != limit}[m["op"]]
+
     def create_autoscaling(self, q, parse):
         d = parse("CreateAutoScalingConfigurationDetails")
         self.get(d.resource.id, "InstancePool")
+        self._check_policy(d)
         policies = [build(asm.ThresholdPolicy, p, id=uuid.uuid4().hex[:8], time_created=now(),
                           rules=[build(asm.Condition, r, id=uuid.uuid4().hex[:8]) for r in p.rules])
                     for p in d.policies]

@@ -23,6 +23,9 @@ description:
   that grants only read or use passes here and still fails at the first create. pool.yml therefore creates the free
   resources (network, instance configuration) before the billable ones (load balancer, instances). OCI has no API that
   evaluates a policy for a principal without calling the operation itself.'
+- With metrics_namespace (demand autoscaling), also the nodes' side, which OCI would never report to pool.yml: the
+  compartment's and the tenancy's policies must hold a statement letting a dynamic group use (or manage) metrics
+  in this compartment or the tenancy; otherwise every node's post is refused and the pool never scales on demand.
 - Changes nothing; check mode runs the same reads.
 options:
   compartment_id:
@@ -59,6 +62,18 @@ options:
     type: int
     description: Cores the limit counts per OCPU (2 on Ampere A2, 1 on A1).
     default: 2
+  metric_queries:
+    type: list
+    elements: str
+    description:
+    - MQL triggers of the demand autoscaling rules; each must have the shape OCI accepts
+      (C(metric[1m]{dim = "value"}.grouping().mean() > 0.5)), checked before any call.
+  metrics_namespace:
+    type: str
+    description:
+    - The namespace the nodes post to (demand autoscaling). Checks the name, that this principal may read metrics in
+      the compartment, and that a policy lets a dynamic group C(use metrics) there (the nodes' right to post); a
+      policy that cannot be read is a warning.
 notes:
 - Supports check mode.
 extends_documentation_fragment:
@@ -91,6 +106,7 @@ limit:
 
 import re
 
+from ansible_collections.ampere.llm.plugins.module_utils.mql import namespace_error, query_error
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciError, OciModule, explain
 
 try:
@@ -106,7 +122,23 @@ STATEMENT = {
     "compute-management-family": "Allow group <your group> to manage compute-management-family in compartment <name>",
     "load-balancers": "Allow group <your group> to manage load-balancers in compartment <name>",
     "auto-scaling-configurations": "Allow group <your group> to manage auto-scaling-configurations in compartment <name>",
+    "metrics": "Allow group <your group> to read metrics in compartment <name>",
 }
+# A statement that lets the pool's nodes (a dynamic group) post metrics where `target` names the compartment.
+NODE_GRANT = re.compile(r"^\s*allow\s+dynamic-group\s+\S+\s+to\s+(?:use|manage)\s+(?:metrics|all-resources)\s+in\s+"
+                        r"(tenancy|compartment\s+(?:id\s+)?(\S+))", re.I)
+
+
+def grants_nodes_metrics(statements, compartment_id, compartment_name):
+    """True when one statement lets a dynamic group use metrics in the compartment (by name, path or OCID)
+    or in the whole tenancy."""
+    for s in statements:
+        m = NODE_GRANT.match(s)
+        if m and (m.group(1).lower() == "tenancy"
+                  or m.group(2) in (compartment_id, compartment_name)
+                  or m.group(2).split(":")[-1] == compartment_name):
+            return True
+    return False
 
 
 def main():
@@ -120,10 +152,19 @@ def main():
         max_nodes=dict(type="int", default=8),
         pool_name=dict(type="str"),
         cores_per_ocpu=dict(type="int", default=2),
+        metric_queries=dict(type="list", elements="str"),
+        metrics_namespace=dict(type="str"),
     ))
     p, o = mod.params, mod.oci
     comp = p["compartment_id"]
     checked, refused = {}, {}
+    # Demand autoscaling's queries and namespace: OCI would refuse them only at the autoscaling
+    # configuration, the last and after the billable parts.
+    errors = [e for e in [query_error(q) for q in p["metric_queries"] or []]
+              + [namespace_error(p["metrics_namespace"]) if p["metrics_namespace"] is not None else None] if e]
+    if errors:
+        mod.fail_json(msg="; ".join(errors) + ". Nothing was created: fix scale_out_query / scale_in_query / "
+                          "node_metrics_namespace (docs/oci.md, Autoscaling).")
 
     def read(family, what, fn, *args, **kw):
         try:
@@ -151,6 +192,10 @@ def main():
         read("load-balancers", "list load balancers", o.lb.list_load_balancers, comp, limit=1)
         read("auto-scaling-configurations", "list autoscaling configurations",
              o.autoscaling.list_auto_scaling_configurations, comp, limit=1)
+        if p["metrics_namespace"]:
+            monitoring = o.client(oci.monitoring.MonitoringClient)
+            read("metrics", f"list metrics in {p['metrics_namespace']}", monitoring.list_metrics, comp,
+                 oci.monitoring.models.ListMetricsDetails(namespace=p["metrics_namespace"]), limit=1)
         if refused:
             mod.fail_json(
                 msg="OCI refused (404 NotAuthorizedOrNotFound) "
@@ -202,7 +247,33 @@ def main():
                     mod.warn(f"service limit {name} in {ad} leaves {room} cores: the pool at {p['max_nodes']} nodes "
                              f"(autoscaling's maximum doubled by a roll-out) needs {need_max}; a roll-out may fail "
                              f"with a limit error (and roll back)")
+        if p["metrics_namespace"]:
+            nodes_policy(comp)
         return mod.result(False, dict(availability_domain=ad, checked=checked, limit=limit))
+
+    def nodes_policy(comp):
+        """The nodes' right to post: a dynamic-group statement with use metrics, in this compartment's or the
+        tenancy's policies (where docs/oci.md puts it). Unreadable policies are only a warning."""
+        tenancy = o.config.get("tenancy") or comp
+        try:
+            name = "tenancy" if comp.startswith("ocid1.tenancy.") else o.identity.get_compartment(comp).data.name
+            statements = [s for c in dict.fromkeys([comp, tenancy])
+                          for pol in oci.pagination.list_call_get_all_results(o.identity.list_policies, c).data
+                          for s in pol.statements]
+        except ServiceError as e:
+            checked["policies granting the nodes use metrics"] = f"{e.status} {e.code}"
+            mod.warn(f"could not read the IAM policies ({e.status} {e.code}) to check that the nodes may post "
+                     f"metrics: make sure a dynamic group of the pool's instances has `use metrics` in the "
+                     f"compartment (docs/oci.md), or demand autoscaling never gets data")
+            return
+        if not grants_nodes_metrics(statements, comp, name):
+            raise OciError(
+                "no policy lets the pool's nodes post their metrics (demand autoscaling would never get data). "
+                "Nothing was created. Add a dynamic group of the pool's instances, e.g. ampere-llm-nodes with "
+                f"ALL {{instance.compartment.id = '{comp}'}}, and the statement: Allow dynamic-group "
+                f"ampere-llm-nodes to use metrics in compartment {name} (docs/oci.md); or set "
+                f"autoscaling_metric=cpu")
+        checked["policies granting the nodes use metrics"] = "ok"
 
     mod.run(body)
 
