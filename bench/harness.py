@@ -55,22 +55,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Matched:
+    """Settings given to both servers in the opt-in matched mode (bench/run.py --matched); without
+    it each server runs on its own defaults, as a user who starts it gets it."""
+    parallel: int
+    ctx_per_slot: int
+    flash_attn: str = "on"
+
+
 class Server:
-    """One server process on 127.0.0.1 and a free port; its output goes to a log file."""
+    """One server process on 127.0.0.1 and a free port; its output goes to a log file. Only the
+    model, address, port and threads are given, plus `matched` settings when asked for."""
     label = "server"
     ready_path = "/health"
 
-    def __init__(self, model: Path, threads: int, parallel: int, ctx_per_slot: int, log_dir: Path,
-                 flash_attn: str = "off"):
-        self.model, self.threads, self.parallel, self.ctx = model, threads, parallel, ctx_per_slot
-        self.flash_attn = flash_attn          # "off" | "on": the same attention kernel on both sides
+    def __init__(self, model: Path, threads: int, log_dir: Path, matched: Matched | None = None):
+        self.model, self.threads, self.matched = model, threads, matched
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{self.label}-parallel{parallel}-fa-{flash_attn}.log"
+        tail = f"parallel{matched.parallel}-fa-{matched.flash_attn}" if matched else "defaults"
+        self.log_path = log_dir / f"{self.label}-{tail}.log"
         self.proc: subprocess.Popen | None = None
+        self.slots: int | None = None         # what the server says it runs at once, once started
 
     def command(self) -> list[str]:
         raise NotImplementedError
+
+    async def read_slots(self, session: aiohttp.ClientSession) -> int | None:
+        return None
 
     async def start(self, timeout: float = 180) -> Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +101,10 @@ class Server:
                 try:
                     async with session.get(self.url + self.ready_path,
                                            timeout=aiohttp.ClientTimeout(total=2)) as r:
-                        if r.status == 200:
-                            return self
+                        ready = r.status == 200
+                    if ready:
+                        self.slots = await self.read_slots(session)
+                        return self
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     pass
                 await asyncio.sleep(0.1)
@@ -150,10 +165,17 @@ class LlamaServer(Server):
         super().__init__(*a, **kw)
 
     def command(self) -> list[str]:
-        # -c is the whole KV cache, split evenly over the slots: per slot it matches ours' --ctx
-        return [str(self.bin), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
-                "-t", str(self.threads), "-tb", str(self.threads), "-np", str(self.parallel),
-                "-c", str(self.ctx * self.parallel), "-fa", self.flash_attn, "--no-webui"]
+        cmd = [str(self.bin), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
+               "-t", str(self.threads)]
+        if m := self.matched:
+            # -c is the whole KV cache, split evenly over the slots: per slot it matches ours' --ctx
+            cmd += ["-np", str(m.parallel), "-c", str(m.ctx_per_slot * m.parallel), "-fa", m.flash_attn,
+                    "--no-kv-unified"]
+        return cmd
+
+    async def read_slots(self, session: aiohttp.ClientSession) -> int | None:
+        async with session.get(self.url + "/props") as r:
+            return (await r.json()).get("total_slots") if r.status == 200 else None
 
     def request(self, prompt, max_tokens):
         return "/completion", {"prompt": prompt, "n_predict": max_tokens, "ignore_eos": True,
@@ -177,10 +199,31 @@ class OursServer(Server):
 
     def command(self) -> list[str]:
         exe = Path(sys.executable).parent / "ampere-llm-server"
-        return [str(exe), "--model", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
-                "--threads", str(self.threads), "--parallel", str(self.parallel),
-                "--ctx", str(self.ctx), "--max-queue", str(16), "--node-name", "bench",
-                "--flash-attn", self.flash_attn, "--log-level", "warning"]
+        cmd = [str(exe), "--model", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
+               "--threads", str(self.threads)]
+        if m := self.matched:
+            cmd += ["--parallel", str(m.parallel), "--ctx", str(m.ctx_per_slot), "--max-queue", "16",
+                    "--flash-attn", m.flash_attn]
+        return cmd
+
+    async def read_slots(self, session: aiohttp.ClientSession) -> int | None:
+        return int((await self.metrics(session)).get(("ampere_llm_slots_total", ()), 0)) or None
+
+    async def metrics(self, session: aiohttp.ClientSession) -> dict:
+        """{(sample name, labels as sorted tuple): value} from /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+        async with session.get(self.url + "/metrics") as r:
+            text = await r.text()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    async def step_counters(self) -> dict:
+        """The engine's per-step accounting now: {"steps": n, "parts": {part: seconds}}."""
+        async with aiohttp.ClientSession() as session:
+            m = await self.metrics(session)
+        parts = {dict(labels)["part"]: v for (name, labels), v in m.items()
+                 if name == "ampere_llm_engine_step_seconds_total"}
+        return {"steps": m.get(("ampere_llm_engine_steps_total", ()), 0), "parts": parts}
 
     def request(self, prompt, max_tokens):
         # no ignore_eos here: the prompts are chosen so greedy decoding runs to max_tokens
@@ -226,7 +269,7 @@ async def run_round(server: Server, prompts: list[str], max_tokens: int) -> tupl
 
 
 def llama_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, gen_tokens: int,
-                reps: int, progress=print, flash_attn: str = "off") -> dict:
+                reps: int, progress=print, flash_attn: str = "on") -> dict:
     """llama-bench pp<prompt> and tg<gen> on the same model and threads; its JSON, trimmed.
     Its progress lines go to `progress` as they come (a loaded box can take a minute here)."""
     cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", str(prompt_tokens),
@@ -253,7 +296,7 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, ge
 
 
 def batched_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, gen_tokens: int,
-                  levels: list[int], progress=print, flash_attn: str = "off") -> dict:
+                  levels: list[int], progress=print, flash_attn: str = "on") -> dict:
     """llama-batched-bench: decode tokens/s of 1..N sequences in one llama_decode each step, with
     no sampling, no HTTP and no scheduling: llama.cpp's own ceiling for what batching can buy on
     these cores, measured in the same run as the servers. {"levels": {N: decode tok/s}, ...}."""

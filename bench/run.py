@@ -1,20 +1,22 @@
 """`make bench`: this node's service side by side with llama-bench and llama-server, one run, one model.
 
 1. llama-bench pp<P> and tg<G>: what the llama.cpp build itself does on these cores, and
-   llama-batched-bench: its bare decode of 1..8 sequences per step, the ceiling for batching.
-2. For each number of concurrent streams N (1, 2, 4, 8): llama-server --parallel N and ours
-   (ampere-llm-server --parallel N) run at the same time on free ports; rounds of N streamed
-   requests alternate between them, so a noisy neighbour hurts both alike. N = 1 is the
-   single-stream comparison (time to first token, streamed decode tokens/s).
-Same model, threads, per-slot context, prompt lengths, greedy sampling and max_tokens everywhere.
-Steps 1-2 run twice: flash attention off on all three tools (ours' default, which keeps greedy
-output independent of batch company), then on (--flash-attn off|on runs one of them).
-Each writes <out>/<stamp>-<model>-fa-<off|on>.{json,md,png} and prints the ratios against the goals.
+   llama-batched-bench: its bare decode of 1..8 sequences per step, the ceiling for batching
+   (both with flash attention on, as both servers' default).
+2. llama-server and ours (ampere-llm-server), each started with only the model, address, port and
+   threads: each on its own defaults, what a user gets. For each number of concurrent streams N
+   (1, 2, 4, 8), rounds of N streamed requests alternate between them, so a noisy neighbour hurts
+   both alike; a server with fewer slots than N queues the rest, as it would for a user. N = 1 is
+   the single-stream comparison (time to first token, streamed decode tokens/s). Ours' /metrics
+   says where its engine thread's time goes per decode step (engine_step_seconds_total).
+   --matched instead starts both at --parallel N per level with the same per-slot context.
+Same model, threads, prompt lengths, greedy sampling and max_tokens everywhere.
+Writes <out>/<stamp>-<model>-<defaults|matched>.{json,md,png} and prints the ratios against the goals.
 
 3. Opt-in (--pool, or --pool-only): bench/pool_bench.py, tokens/s through the local pool's HAProxy
    with 1 and 2 nodes and the cost per million tokens at OCI's prices.
 
-Usage: bench/run.py [--model smollm2|gemma3|tiny|PATH] [--threads N] [--quick] [--flash-attn off|on|both]
+Usage: bench/run.py [--model smollm2|gemma3|tiny|PATH] [--threads N] [--quick] [--matched]
                     [--levels N...] [--out DIR] [--pool|--pool-only]
 Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench, llama-batched-bench) and LLAMA_CPP_LIB_PATH:
 `make bench` sets both.
@@ -40,9 +42,9 @@ sys.path.insert(1, str(HERE.parent / "scripts"))
 import aiohttp
 import harness
 import report
-from harness import BenchError, LlamaServer, OursServer, median, quantile
+from harness import BenchError, LlamaServer, Matched, OursServer, median, quantile
 
-FULL = {"prompt_tokens": 128, "max_tokens": 128, "runs": 10, "rounds": 3, "levels": [1, 2, 4, 8],
+FULL = {"prompt_tokens": 128, "max_tokens": 128, "runs": 6, "rounds": 2, "levels": [1, 2, 4, 8],
         "bench_reps": 3}
 QUICK = {"prompt_tokens": 32, "max_tokens": 32, "runs": 3, "rounds": 1, "levels": [1, 2, 4, 8],
          "bench_reps": 1}
@@ -88,29 +90,33 @@ def summarize(rounds: list[dict]) -> dict:
     }
 
 
-async def start_ours(make, n: int) -> tuple[OursServer, str | None]:
-    """Ours at --parallel n; if that does not start (no batching engine yet), at --parallel 1, said so."""
-    try:
-        return await make(n).start(), None
-    except BenchError as e:
-        if n == 1:
-            raise
-        why = str(e).strip().splitlines()[-1][:200]
-        say(f"    ours --parallel {n} did not start ({why}); measuring ours at --parallel 1 instead")
-        return await make(1).start(), f"ran at --parallel 1: --parallel {n} did not start ({why})"
+def step_delta(before: dict, after: dict) -> dict:
+    return {"steps": after["steps"] - before["steps"],
+            "parts": {k: v - before["parts"].get(k, 0.0) for k, v in after["parts"].items()}}
 
 
-async def measure_level(n: int, cfg: dict, model: Path, bin_dir: Path, threads: int, ctx: int,
-                        logs: Path, prompts, fa: str) -> dict:
-    row: dict = {"streams": n, "flash_attn": fa}
-    servers = []
+def breakdown(rounds: list[dict]) -> dict | None:
+    """Ours' engine thread per decode step over a level's rounds: ms per part, and the step
+    interval seen from outside (round wall time / steps), whose rest is the event loop, HTTP and
+    waiting for the GIL or a core."""
+    steps = sum(r["engine"]["steps"] for r in rounds if r.get("engine"))
+    if not steps:
+        return None
+    parts = {}
+    for r in rounds:
+        for k, v in r["engine"]["parts"].items():
+            parts[k] = parts.get(k, 0.0) + v
+    wall = sum(r["wall_s"] for r in rounds)
+    ms = {k: v / steps * 1e3 for k, v in parts.items()}
+    return {"steps": steps, "ms_per_step": ms, "step_interval_ms": wall / steps * 1e3,
+            "engine_ms_per_step": sum(ms.values()),
+            "tokens_per_step": sum(s["tokens"] for r in rounds for s in r["samples"]) / steps}
+
+
+async def measure_level(n: int, cfg: dict, servers: list, prompts) -> dict:
+    row: dict = {"streams": n, "slots": {s.label: s.slots for s in servers},
+                 "commands": {s.label: " ".join(s.command()) for s in servers}}
     try:
-        ls = await LlamaServer(bin_dir, model, threads, n, ctx, logs, fa).start()
-        servers.append(ls)
-        ours, note = await start_ours(lambda k: OursServer(model, threads, k, ctx, logs, fa), n)
-        servers.append(ours)
-        row["ours_parallel"], row["ours_note"] = ours.parallel, note
-        row["commands"] = {s.label: " ".join(s.command()) for s in servers}
         for s in servers:                       # page the model in, fill caches: not measured
             await harness.run_round(s, prompts(n), min(8, cfg["max_tokens"]))
         rounds = cfg["runs"] if n == 1 else cfg["rounds"]
@@ -119,8 +125,11 @@ async def measure_level(n: int, cfg: dict, model: Path, bin_dir: Path, threads: 
             batch = prompts(n)            # the same prompts for both servers in a round
             order = servers if r % 2 == 0 else servers[::-1]
             for s in order:
+                before = await s.step_counters() if isinstance(s, OursServer) else None
                 samples, wall = await harness.run_round(s, batch, cfg["max_tokens"])
                 rec = {"wall_s": wall, "samples": [dict(vars(x), decode_tps=x.decode_tps) for x in samples]}
+                if before is not None:
+                    rec["engine"] = step_delta(before, await s.step_counters())
                 raw[s.label].append(rec)
                 agg = sum(x.tokens for x in samples) / wall
                 say(f"    N={n} {s.label:12} {r + 1:>2}/{rounds}: aggregate {agg:7.1f} tok/s, "
@@ -130,14 +139,28 @@ async def measure_level(n: int, cfg: dict, model: Path, bin_dir: Path, threads: 
         for label, rounds_ in raw.items():
             row[label] = summarize(rounds_)
             row[label]["rounds"] = rounds_
+        row["ours_steps"] = b = breakdown(raw[OursServer.label])
+        if b:
+            say(f"    N={n} ours per decode step: " + ", ".join(f"{k} {v:.2f}" for k, v in b["ms_per_step"].items())
+                + f" ms; step interval {b['step_interval_ms']:.2f} ms, {b['tokens_per_step']:.2f} tokens per step")
     except (BenchError, aiohttp.ClientError, asyncio.TimeoutError) as e:
         # one level failing (a server crashed, a stream broke) still leaves the others' figures
         row["error"] = f"{type(e).__name__}: {e}"
-        say(f"    N={n}: FAILED: {row['error']} (server logs: {logs})")
-    finally:
+        say(f"    N={n}: FAILED: {row['error']} (server logs: {[str(s.log_path) for s in servers]})")
+    return row
+
+
+async def start_pair(bin_dir: Path, model: Path, threads: int, logs: Path,
+                     matched: Matched | None) -> list:
+    servers = []
+    try:
+        servers.append(await LlamaServer(bin_dir, model, threads, logs, matched).start())
+        servers.append(await OursServer(model, threads, logs, matched).start())
+    except BaseException:
         for s in servers:
             s.stop()
-    return row
+        raise
+    return servers
 
 
 def prompt_supply(tokens_per_number: float, target: int):
@@ -146,7 +169,7 @@ def prompt_supply(tokens_per_number: float, target: int):
     return lambda n: list(itertools.islice(fresh, n))
 
 
-async def main_async(args, fa: str) -> Path:
+async def main_async(args) -> Path:
     cfg = dict(QUICK if args.quick else FULL)
     if args.levels:
         cfg["levels"] = sorted({1, *args.levels})
@@ -159,7 +182,9 @@ async def main_async(args, fa: str) -> Path:
     ctx = max(512, -(-(cfg["prompt_tokens"] * 2 + cfg["max_tokens"] + 64) // 256) * 256)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out).resolve()
-    stem = out / f"{stamp}-{model.stem}-fa-{fa}"
+    mode = "matched" if args.matched else "defaults"
+    fa = "on"      # llama-bench and llama-batched-bench: as both servers' default (and --matched)
+    stem = out / f"{stamp}-{model.stem}-{mode}"
     logs = out / f"{stamp}-logs"
     t_start, cpu_start = time.monotonic(), harness.cpu_seconds()
 
@@ -167,13 +192,15 @@ async def main_async(args, fa: str) -> Path:
         "schema": 1, "started": stamp, "machine": harness.machine(), "versions": versions(bin_dir),
         "config": {**cfg, "model": model.name, "model_path": str(model),
                    "model_mib": round(model.stat().st_size / 2**20, 1), "threads": threads,
-                   "ctx_per_slot": ctx, "quick": args.quick, "sampling": harness.GREEDY,
-                   "flash_attn": fa},
+                   "ctx_per_slot": ctx if args.matched else None, "quick": args.quick,
+                   "sampling": harness.GREEDY, "mode": mode, "flash_attn": fa},
     }
     m = results["machine"]
     say(f"==> bench: {model.name} on {m['cpu']} ({m['usable_cores']}/{m['cores']} cores usable, "
         f"load {m['loadavg_start'][0]:.1f}), {threads} threads, prompt ~{cfg['prompt_tokens']} tokens, "
-        f"{cfg['max_tokens']} generated, streams {cfg['levels']}, flash attention: {fa} on every tool")
+        f"{cfg['max_tokens']} generated, streams {cfg['levels']}, servers on "
+        + ("matched settings (--parallel N, same context, flash attention on)" if args.matched
+           else "their own defaults"))
     if report.busy(m["loadavg_start"][0], m["usable_cores"]):
         say(f"    warning: load average {m['loadavg_start'][0]:.1f} on {m['usable_cores']} cores: other work is "
             f"running; llama.cpp's threads slow down badly when they share cores, so expect low, noisy figures")
@@ -191,7 +218,7 @@ async def main_async(args, fa: str) -> Path:
         cfg["levels"], say, fa)
 
     # The tokenizer decides how many numbers make a prompt of the wanted length.
-    probe = await LlamaServer(bin_dir, model, threads, 1, ctx, logs, fa).start()
+    probe = await LlamaServer(bin_dir, model, threads, logs).start()
     try:
         tpn = await harness.tokens_per_number(probe)
     finally:
@@ -199,12 +226,26 @@ async def main_async(args, fa: str) -> Path:
     prompts = prompt_supply(tpn, cfg["prompt_tokens"])
 
     results["concurrency"] = []
-    for n in cfg["levels"]:
-        rounds = cfg["runs"] if n == 1 else cfg["rounds"]
-        say(f"==> {n} concurrent stream{'s' * (n > 1)}: llama-server --parallel {n} vs ours --parallel {n}, "
-            f"{rounds} round{'s' * (rounds > 1)} each")
-        results["concurrency"].append(
-            await measure_level(n, cfg, model, bin_dir, threads, ctx, logs, prompts, fa))
+    servers = [] if args.matched else await start_pair(bin_dir, model, threads, logs, None)
+    try:
+        if servers:
+            say("    on their defaults: " + ", ".join(f"{s.label} runs {s.slots} slot(s)" for s in servers))
+        for n in cfg["levels"]:
+            rounds = cfg["runs"] if n == 1 else cfg["rounds"]
+            if args.matched:
+                servers = await start_pair(bin_dir, model, threads, logs, Matched(n, ctx))
+            say(f"==> {n} concurrent stream{'s' * (n > 1)}: "
+                + " vs ".join(f"{s.label} ({s.slots} slots)" for s in servers)
+                + f", {rounds} round{'s' * (rounds > 1)} each")
+            try:
+                results["concurrency"].append(await measure_level(n, cfg, servers, prompts))
+            finally:
+                if args.matched:
+                    for s in servers:
+                        s.stop()
+    finally:
+        for s in servers:
+            s.stop()
 
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["duration_s"] = round(time.monotonic() - t_start, 1)
@@ -238,9 +279,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="default: the cores this process may use")
     p.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
     p.add_argument("--levels", type=int, nargs="+", help="concurrent streams to measure (1 is always in)")
-    p.add_argument("--flash-attn", default="both", choices=("off", "on", "both"),
-                   help="llama.cpp's flash-attention kernel, the same on both servers; both (default): "
-                        "a run with it off (ours' default: exact greedy output) and one with it on")
+    p.add_argument("--matched", action="store_true",
+                   help="both servers at --parallel N for N streams, the same per-slot context and "
+                        "flash attention on, instead of each on its own defaults")
     p.add_argument("--out", default=str(HERE / "results"), help="where results go (default bench/results)")
     p.add_argument("--pool", action="store_true",
                    help="also: tokens/s through the local pool's HAProxy with 1 and 2 nodes, and $ per "
@@ -249,8 +290,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if not args.pool_only:
-            for fa in ("off", "on") if args.flash_attn == "both" else (args.flash_attn,):
-                asyncio.run(main_async(args, fa))
+            asyncio.run(main_async(args))
         if args.pool or args.pool_only:
             import pool_bench  # only here: it needs root, haproxy and systemd-nspawn
             res = pool_bench.run(quick=args.quick, say=say)
