@@ -5,6 +5,7 @@ status (never a 500, never one of NGINX's or HAProxy's HTML pages), nothing hang
 serves a normal request after each case."""
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import subprocess
@@ -69,6 +70,7 @@ def node(tmp_path_factory, render_site, smollm2_model):
             assert time.monotonic() < deadline, "backend not ready"
             time.sleep(0.1)  # a poll interval
         f.backend = backend
+        f.backend_url = f"http://127.0.0.1:{port}"
         yield f
     finally:
         for p in (nginx, backend):
@@ -195,6 +197,32 @@ def test_odd_but_valid_body_is_answered(node, route, body):
     status, headers, reply = post(node, route, body, ctype)
     assert status == 200, reply[:500]
     assert headers["content-type"].startswith("application/json")
+    assert_serving(node)
+
+
+ENCODED = [  # (id, Content-Encoding, body): NGINX takes request bodies uncompressed only
+    ("gzip-bomb", "gzip", gzip.compress(b'{"prompt": "' + b"a" * 20_000_000 + b'"}')),
+    ("bad-gzip", "gzip", b"not gzip at all"),
+    ("brotli", "br", b"not brotli either"),
+]
+
+
+@pytest.mark.parametrize("encoding, body", [c[1:] for c in ENCODED], ids=[c[0] for c in ENCODED])
+def test_compressed_body_is_json_415(node, encoding, body):
+    err = assert_json_error(*post(node, GEN, body, extra=f"Content-Encoding: {encoding}\r\n".encode()), 415)
+    assert "uncompressed" in err["message"]
+    assert_serving(node)
+
+
+def test_backend_alone_answers_a_bad_gzip_body_with_400(node):
+    """Behind NGINX no compressed body arrives; on its own the backend still answers one it cannot
+    inflate with a JSON 400 (it was a 500), and one that inflates past --max-body-bytes with a 413."""
+    class Direct:
+        url = node.backend_url
+    for body, status in ((b"not gzip at all", 400), (ENCODED[0][2], 413)):
+        head = (f"POST /generate HTTP/1.1\r\nHost: node\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        assert_json_error(*raw(Direct, head + body), status)
     assert_serving(node)
 
 

@@ -58,6 +58,10 @@ async def read_body(request: web.Request, spec: schema.S) -> dict:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "payload_too_large",
                        f"body is over the limit of {request.app[CONFIG].max_body_bytes} bytes") from None
+    except web.RequestPayloadError:  # aiohttp could not read it, e.g. gzip that does not inflate
+        encoding = request.headers.get("Content-Encoding", "none")
+        raise ApiError(400, "invalid_request", f"body cannot be read (Content-Encoding: {encoding}): "
+                       "send it uncompressed") from None
     # A body declared as something else (a form, text: what an HTML form or curl -d without -H sends)
     # is refused; none (aiohttp reads it as octet-stream) is read as JSON.
     ctype = request.content_type
