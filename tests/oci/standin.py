@@ -885,8 +885,8 @@ class StandIn:
                 elif metric.metric_source in (None, "COMPUTE_AGENT"):
                     if getattr(metric, "metric_type", None) not in ("CPU_UTILIZATION", "MEMORY_UTILIZATION") \
                             or getattr(metric, "threshold", None) is None:
-                        raise ApiError(400, "InvalidParameter", "a COMPUTE_AGENT rule needs a metricType "
-                                                                 "(CPU_UTILIZATION, MEMORY_UTILIZATION) and a threshold")
+                        raise ApiError(400, "InvalidParameter", "a COMPUTE_AGENT rule needs a threshold and a "
+                                                                 "metricType CPU_UTILIZATION or MEMORY_UTILIZATION")
                 else:
                     raise ApiError(400, "InvalidParameter", f"unknown metricSource {metric.metric_source}")
 
