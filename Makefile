@@ -72,6 +72,7 @@ $(LLAMA_BUILT): $(SRC)/.unpacked | deps
 # The service's dependencies at the versions of the node's lock (its pins without the hashes, as
 # constraints): the tests run what the backend role installs.
 LOCK := collections/ansible_collections/ampere/llm/roles/backend/files/requirements.lock
+MONITORING_LOCK := collections/ansible_collections/ampere/llm/roles/monitoring/files/requirements.lock
 venv: $(VENV)/.ready
 $(VENV)/.ready: requirements-dev.txt $(LOCK) collections/ansible_collections/ampere/llm/roles/backend/files/backend/pyproject.toml | $(LLAMA_BUILT)
 	@echo "==> python venv $(VENV)"
@@ -108,6 +109,9 @@ lock:
 	grep -Ev '^[[:space:]]*(#|$$)' requirements-dev.txt | sed 's/$$/ ; python_version >= "3.11"/' > $(CACHE)/tested-pins.txt
 	$(VENV)/bin/uv pip compile $(dir $(LOCK))backend/pyproject.toml --universal --python-version 3.10 \
 	  --generate-hashes --no-annotate --custom-compile-command "make lock" -c $(CACHE)/tested-pins.txt -o $(LOCK)
+	# The OCI load publisher's own venv (roles/monitoring): the oci SDK and prometheus-client, same pins.
+	$(VENV)/bin/uv pip compile $(MONITORING_LOCK:.lock=.in) --universal --python-version 3.10 \
+	  --generate-hashes --no-annotate --custom-compile-command "make lock" -c $(CACHE)/tested-pins.txt -o $(MONITORING_LOCK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
