@@ -63,7 +63,8 @@ AD2 = "Uocm:STANDIN-AD-2"
 OUT_OF_CAPACITY = "Out of host capacity."
 COMPARTMENT_NAME = "ampere-llm"
 # The statement docs/oci.md gives the nodes (a dynamic group with `use metrics` in the compartment).
-NODE_METRICS_POLICY = "Allow dynamic-group ampere-llm-nodes to use metrics in compartment ampere-llm"
+NODE_METRICS_POLICY = ("Allow dynamic-group ampere-llm-nodes to use metrics in compartment ampere-llm "
+                       "where target.metrics.namespace='ampere_llm'")
 # OCI's rules for custom metrics (the SDK's MetricDataDetails docs; PostMetricData's per-call limits).
 NAMESPACE_RX = re.compile(r"^[a-z][a-z0-9_]*[a-z0-9]$")
 METRIC_NAME_RX = re.compile(r"^[A-Za-z][A-Za-z0-9_.$-]*$")
