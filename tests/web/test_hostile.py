@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Front, nginx_conf  # tests/web/conftest.py: the shipped site run by real NGINX
-from web_helpers import NGINX, ONE_THREAD, ROOT, WEB, free_port
+from web_helpers import NGINX, ONE_THREAD, ROOT, WEB, counter, free_port
 
 sys.path.insert(0, str(ROOT / "pool"))
 from local import render_balancer_config
@@ -337,11 +337,14 @@ def test_slow_client_is_cut(node, sent):
     assert_serving(node)
 
 
-def _stream(node, prompt: str = "Count from 1 to 500, separated by commas.") -> socket.socket:
-    body = dumps({"prompt": prompt, "max_tokens": 400, "temperature": 0})
+def _stream(node, prompt: str = "Count from 1 to 500, separated by commas.", route: str = GEN,
+            stream: bool = True) -> socket.socket:
+    fields = {"max_tokens": 400, "temperature": 0, "stream": stream}
+    body = dumps({**fields, "messages": [{"role": "user", "content": prompt}]} if route == CHAT
+                 else {**fields, "prompt": prompt})
     s = socket.create_connection(("127.0.0.1", int(node.url.rsplit(":", 1)[1])), timeout=60)
-    s.sendall(b"POST /generate HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    s.sendall(f"POST {route} HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\n".encode()
+              + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
     return s
 
 
@@ -382,15 +385,36 @@ def test_beyond_the_queue_is_503_at_once(node):
     assert_serving(node)
 
 
-def test_disconnect_mid_stream_frees_the_slot(node):
-    s = _stream(node)
-    _read_until(s, b'data: {"token"')
+DISCONNECTS = [  # (id, route, streamed)
+    ("generate-stream", GEN, True),
+    ("chat-stream", CHAT, True),
+    ("generate-one-reply", GEN, False),
+    ("chat-one-reply", CHAT, False),
+]
+
+
+@pytest.mark.parametrize("route, stream", [c[1:] for c in DISCONNECTS], ids=[c[0] for c in DISCONNECTS])
+def test_client_gone_mid_generation_frees_the_slot(node, route, stream):
+    def cancelled() -> float:
+        return counter(node.request("GET", "/metrics")[2].decode(), "ampere_llm_generations_total",
+                       finish_reason="cancelled")
+
+    before = cancelled()
+    s = _stream(node, route=route, stream=stream)
+    deadline = time.monotonic() + 30
+    if stream:
+        _read_until(s, b"data: {")
+    else:  # nothing comes back before the end: wait until the generation runs
+        while not _readyz(node)["slots_busy"]:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.05)  # a poll interval
     assert _readyz(node)["slots_busy"] == 1
     s.close()
     deadline = time.monotonic() + 30
     while _readyz(node)["slots_busy"]:
         assert time.monotonic() < deadline, "the slot stayed busy after the client left"
         time.sleep(0.05)  # a poll interval
+    assert cancelled() == before + 1  # stopped, not run to its 400 tokens
     assert_serving(node)
 
 
