@@ -295,6 +295,17 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, ge
     return result
 
 
+def llama_bench_tg(bin_dir: Path, model: Path, threads: int, gen_tokens: int, flash_attn: str = "on") -> float:
+    """One llama-bench tg<gen_tokens> run, tok/s: taken between the servers' single-stream rounds,
+    so the reference sees the same neighbours as they do."""
+    cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", "0",
+           "-n", str(gen_tokens), "-r", "1", "-fa", flash_attn, "-o", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchError(f"llama-bench failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)[0]["avg_ts"]
+
+
 def batched_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, gen_tokens: int,
                   levels: list[int], progress=print, flash_attn: str = "on") -> dict:
     """llama-batched-bench: decode tokens/s of 1..N sequences in one llama_decode each step, with

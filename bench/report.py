@@ -1,11 +1,16 @@
 """What a bench run means: ratios against the issues' goals, and the run as markdown, console text and a plot."""
 from __future__ import annotations
 
+import statistics
 import textwrap
 from pathlib import Path
 
 OURS, LS = "ours", "llama-server"
 COLORS = {OURS: "#d9730d", LS: "#3b6ea5", "llama-bench": "#4f9a4f"}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
 
 
 def _ratio(a, b):
@@ -16,6 +21,10 @@ def _level(results: dict, n: int) -> dict | None:
     return next((r for r in results["concurrency"] if r["streams"] == n and OURS in r and LS in r), None)
 
 
+def _alternating(results: dict) -> bool:
+    return bool((_level(results, 1) or {}).get("llama_bench_tg"))
+
+
 def single(results: dict) -> dict:
     """The single-stream figures (the N=1 level)."""
     row = _level(results, 1) or {}
@@ -23,7 +32,10 @@ def single(results: dict) -> dict:
         return {"decode_tps": row[who]["per_stream_tps"]["median"],
                 "ttft_ms": row[who]["ttft_ms"]} if who in row else None
 
-    return {LS: pick(LS), OURS: pick(OURS), "llama_bench_tg": results["llama_bench"]["tg"]["tps"],
+    # llama-bench tg run between the single-stream rounds (same neighbours) when there is one
+    alternating = row.get("llama_bench_tg")
+    tg = median(alternating) if alternating else results["llama_bench"]["tg"]["tps"]
+    return {LS: pick(LS), OURS: pick(OURS), "llama_bench_tg": tg,
             "llama_bench_pp": results["llama_bench"]["pp"]["tps"]}
 
 
@@ -153,7 +165,7 @@ def _breakdown_md(results: dict) -> list[str]:
     rows = step_rows(results)
     if not rows:
         return []
-    tg = results["llama_bench"]["tg"]["tps"]
+    tg = single(results)["llama_bench_tg"]
     lines = ["", "## Where ours' decode step goes", "",
              "Ours' engine thread, per decode step, read from its `/metrics` "
              "(`engine_step_seconds_total{part}` / `engine_steps_total`) over the measured rounds; the "
@@ -208,7 +220,8 @@ def markdown(results: dict) -> str:
         lines.append(f"| {g['goal']} | {_fmt(g['value'], '.3f')} | {g['target']} | {_verdict(g)}"
                      f"{' (' + g['note'] + ')' if g.get('note') else ''} |")
     lines += ["", "## Single stream", "", "| | decode tok/s | TTFT median ms | TTFT p95 ms |", "|---|---|---|---|",
-              f"| llama-bench | {_fmt(lb['tg']['tps'])} (tg{lb['tg']['tokens']}) | "
+              f"| llama-bench | {_fmt(s['llama_bench_tg'])} (tg{lb['tg']['tokens']}"
+              f"{', median of the runs between the rounds' if _alternating(results) else ''}) | "
               f"{_fmt(c['prompt_tokens'] / lb['pp']['tps'] * 1e3)} (pp{lb['pp']['tokens']} alone) | |"]
     for who in (LS, OURS):
         if s[who]:
@@ -385,7 +398,7 @@ def _plot_steps(ax, results: dict) -> None:
     for x, (_, b) in zip(xs, rows):
         ax.annotate(f"{b['step_interval_ms']:.2f}", (x, b["step_interval_ms"]), textcoords="offset points",
                     xytext=(0, 4), ha="center", fontsize=8)
-    tg = results["llama_bench"]["tg"]["tps"]
+    tg = single(results)["llama_bench_tg"]
     ax.axhline(1e3 / tg, color=COLORS["llama-bench"], ls="--", lw=1.2, label=f"llama-bench tg: {1e3 / tg:.2f} ms/token")
     ax.set_xticks(list(xs), [f"{n} stream{'s' * (n > 1)}" for n, _ in rows])
     ax.set_ylabel("ms")

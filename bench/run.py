@@ -16,7 +16,7 @@ Writes <out>/<stamp>-<model>-<defaults|matched>.{json,md,png} and prints the rat
 3. Opt-in (--pool, or --pool-only): bench/pool_bench.py, tokens/s through the local pool's HAProxy
    with 1 and 2 nodes and the cost per million tokens at OCI's prices.
 
-Usage: bench/run.py [--model smollm2|gemma3|tiny|PATH] [--threads N] [--quick] [--matched]
+Usage: bench/run.py [--model smollm2|gemma3|tiny|PATH] [--threads N] [--quick] [--matched] [--rounds N]
                     [--levels N...] [--out DIR] [--pool|--pool-only]
 Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench, llama-batched-bench) and LLAMA_CPP_LIB_PATH:
 `make bench` sets both.
@@ -113,7 +113,10 @@ def breakdown(rounds: list[dict]) -> dict | None:
             "tokens_per_step": sum(s["tokens"] for r in rounds for s in r["samples"]) / steps}
 
 
-async def measure_level(n: int, cfg: dict, servers: list, prompts) -> dict:
+async def measure_level(n: int, cfg: dict, servers: list, prompts, tg_probe=None) -> dict:
+    """One level: rounds alternating between the servers; at 1 stream `tg_probe` (llama-bench tg,
+    one run) takes its turn in the rotation too, so the decode reference shares the servers'
+    neighbours."""
     row: dict = {"streams": n, "slots": {s.label: s.slots for s in servers},
                  "commands": {s.label: " ".join(s.command()) for s in servers}}
     try:
@@ -124,6 +127,10 @@ async def measure_level(n: int, cfg: dict, servers: list, prompts) -> dict:
         for r in range(rounds):
             batch = prompts(n)            # the same prompts for both servers in a round
             order = servers if r % 2 == 0 else servers[::-1]
+            if tg_probe is not None:
+                tps = await asyncio.to_thread(tg_probe)
+                row.setdefault("llama_bench_tg", []).append(tps)
+                say(f"    N={n} {'llama-bench':12} {r + 1:>2}/{rounds}: tg{cfg['max_tokens']} {tps:7.1f} tok/s")
             for s in order:
                 before = await s.step_counters() if isinstance(s, OursServer) else None
                 samples, wall = await harness.run_round(s, batch, cfg["max_tokens"])
@@ -173,6 +180,8 @@ async def main_async(args) -> Path:
     cfg = dict(QUICK if args.quick else FULL)
     if args.levels:
         cfg["levels"] = sorted({1, *args.levels})
+    if args.rounds:
+        cfg["runs"] = cfg["rounds"] = args.rounds
     bin_dir = Path(os.environ.get("AMPERE_LLM_LLAMA_BIN", ""))
     if not (bin_dir / "llama-server").is_file() or not (bin_dir / "llama-bench").is_file():
         raise SystemExit("bench: AMPERE_LLM_LLAMA_BIN must name the directory holding llama-server and "
@@ -237,8 +246,9 @@ async def main_async(args) -> Path:
             say(f"==> {n} concurrent stream{'s' * (n > 1)}: "
                 + " vs ".join(f"{s.label} ({s.slots} slots)" for s in servers)
                 + f", {rounds} round{'s' * (rounds > 1)} each")
+            probe = (lambda: harness.llama_bench_tg(bin_dir, model, threads, cfg["max_tokens"])) if n == 1 else None
             try:
-                results["concurrency"].append(await measure_level(n, cfg, servers, prompts))
+                results["concurrency"].append(await measure_level(n, cfg, servers, prompts, probe))
             finally:
                 if args.matched:
                     for s in servers:
@@ -279,6 +289,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="default: the cores this process may use")
     p.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
     p.add_argument("--levels", type=int, nargs="+", help="concurrent streams to measure (1 is always in)")
+    p.add_argument("--rounds", type=int, help="rounds per level for each server (default: 6 at 1 stream, 2 above)")
     p.add_argument("--matched", action="store_true",
                    help="both servers at --parallel N for N streams, the same per-slot context and "
                         "flash attention on, instead of each on its own defaults")

@@ -56,6 +56,9 @@ def check_run(res: dict) -> None:
         assert set(res["ratios"]["concurrency"][str(row["streams"])]) == {
             "aggregate_vs_llama_server", "ttft_median_vs_llama_server", "ttft_p95_vs_llama_server",
             "per_stream_vs_llama_server"}
+    # llama-bench tg took its turn between the single-stream rounds: the reference saw the same box
+    level1 = res["concurrency"][0]
+    assert len(level1["llama_bench_tg"]) == len(level1["ours"]["rounds"]) and min(level1["llama_bench_tg"]) > 0
     assert set(res["ratios"]["single"]) >= {"decode_vs_llama_bench_tg", "decode_vs_llama_server",
                                             "ttft_median_vs_llama_server"}
     assert "ours_8_vs_1" in res["ratios"]["scaling"]
