@@ -23,7 +23,7 @@ description:
   that grants only read or use passes here and still fails at the first create. pool.yml therefore creates the free
   resources (network, instance configuration) before the billable ones (load balancer, instances). OCI has no API that
   evaluates a policy for a principal without calling the operation itself.'
-- With metrics_namespace (demand autoscaling), also the nodes' side, which OCI would never report to pool.yml: the
+- With metrics_namespace (demand autoscaling), also the nodes' side, which OCI would never report to pool.yml. The
   compartment's and the tenancy's policies must hold a statement letting a dynamic group use (or manage) metrics
   in this compartment or the tenancy; otherwise every node's post is refused and the pool never scales on demand.
 - Changes nothing; check mode runs the same reads.
