@@ -13,10 +13,14 @@ import uuid
 
 try:
     import oci
+    from oci.autoscaling import models as autoscaling_models
+    from oci.core import models as core_models
     from oci.exceptions import ServiceError
+    from oci.load_balancer import models as lb_models
     HAS_OCI = True
-except ImportError:  # reported by OciModule with a fix, not as a traceback
-    HAS_OCI = False
+except ImportError:  # reported by OciModule with a fix, not as a traceback; the modules import the
+    HAS_OCI = False  # SDK's models from here, so none of them needs a guard of its own
+    oci = autoscaling_models = core_models = lb_models = None
     ServiceError = Exception
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
@@ -36,6 +40,8 @@ COMMON_ARGS = dict(
     wait_timeout=dict(type="int", default=1800),
     poll_interval=dict(type="float", default=5.0, fallback=(env_fallback, ["AMPERE_LLM_OCI_POLL_INTERVAL"])),
 )
+# The `state` option of every module that manages a resource (what absent deletes is in each one's docs).
+STATE = dict(type="str", default="present", choices=["present", "absent"])
 
 
 class OciError(Exception):
@@ -127,33 +133,14 @@ class Oci:
             service_error_retry_on_any_5xx=True,
         ).get_retry_strategy()
 
-    @property
-    def compute(self):
-        return self.client(oci.core.ComputeClient)
-
-    @property
-    def network(self):
-        return self.client(oci.core.VirtualNetworkClient)
-
-    @property
-    def management(self):
-        return self.client(oci.core.ComputeManagementClient)
-
-    @property
-    def lb(self):
-        return self.client(oci.load_balancer.LoadBalancerClient)
-
-    @property
-    def autoscaling(self):
-        return self.client(oci.autoscaling.AutoScalingClient)
-
-    @property
-    def identity(self):
-        return self.client(oci.identity.IdentityClient)
-
-    @property
-    def work_requests(self):
-        return self.client(oci.work_requests.WorkRequestClient)
+    # The SDK clients the modules use, each made on first use.
+    compute = property(lambda self: self.client(oci.core.ComputeClient))
+    network = property(lambda self: self.client(oci.core.VirtualNetworkClient))
+    management = property(lambda self: self.client(oci.core.ComputeManagementClient))
+    lb = property(lambda self: self.client(oci.load_balancer.LoadBalancerClient))
+    autoscaling = property(lambda self: self.client(oci.autoscaling.AutoScalingClient))
+    identity = property(lambda self: self.client(oci.identity.IdentityClient))
+    work_requests = property(lambda self: self.client(oci.work_requests.WorkRequestClient))
 
     def call(self, fn, *args, what=None, **kwargs):
         """Call an SDK operation (the client's retry strategy retries what is worth it). Every create
@@ -183,36 +170,41 @@ class Oci:
                            f"these modules to know which one they manage; rename or delete the extras")
         return found[0] if found else None
 
-    def wait(self, get, rid, ready, what, field="lifecycle_state"):
-        """Poll `get(rid)` until its state is in `ready`; fail fast on a failed state or at the timeout."""
+    def until(self, probe):
+        """Call `probe()` every poll_interval until it returns (done, value) with done true, and return
+        value; at wait_timeout, an OciError whose message is the last value (what was still awaited)."""
         deadline = time.monotonic() + self.timeout
         while True:
+            done, value = probe()
+            if done:
+                return value
+            if time.monotonic() > deadline:
+                raise OciError(f"{value} (wait_timeout)")
+            time.sleep(self.poll)
+
+    def wait(self, get, rid, ready, what, field="lifecycle_state"):
+        """Poll `get(rid)` until its state is in `ready`; fail fast on a failed state or at the timeout."""
+        def probe():
             res = self.call(get, rid).data
             state = getattr(res, field)
-            if state in ready:
-                return res
             if state in GONE - set(ready):
                 raise OciError(f"{what} {rid} went to {state} while waiting for {'/'.join(ready)}")
-            if time.monotonic() > deadline:
-                raise OciError(f"{what} {rid} still {state} after {self.timeout}s (wait_timeout)")
-            time.sleep(self.poll)
+            return state in ready, res if state in ready else f"{what} {rid} still {state} after {self.timeout}s"
+        return self.until(probe)
 
     def delete(self, delete_fn, get_fn, rid, what):
         """Delete `rid` and wait until OCI reports it gone (TERMINATED/DELETED, or 404)."""
         self.call(delete_fn, rid)
-        deadline = time.monotonic() + self.timeout
-        while True:
+
+        def probe():
             try:
                 state = getattr(get_fn(rid).data, "lifecycle_state", None)
             except ServiceError as e:
                 if e.status == 404:
-                    return
+                    return True, None
                 raise OciError(explain(e, f"wait for {what} deletion")) from None
-            if state in ("TERMINATED", "DELETED"):
-                return
-            if time.monotonic() > deadline:
-                raise OciError(f"{what} {rid} still {state} {self.timeout}s after deleting it (wait_timeout)")
-            time.sleep(self.poll)
+            return state in ("TERMINATED", "DELETED"), f"{what} {rid} still {state} {self.timeout}s after deleting it"
+        self.until(probe)
 
     def wait_lb_work(self, response, what):
         """Load balancer changes are asynchronous: wait for the work request the call returned."""

@@ -62,11 +62,7 @@ freeform_tags:
 """
 
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule
-
-try:
-    from oci.core import models as m
-except ImportError:
-    pass
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import core_models as m
 
 
 def main():

@@ -89,12 +89,8 @@ spec_hash:
 
 import base64
 
-from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, spec_hash
-
-try:
-    from oci.core import models as m
-except ImportError:
-    pass
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import STATE, OciModule, spec_hash
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import core_models as m
 
 
 def main():
@@ -103,7 +99,7 @@ def main():
         name=dict(type="str", default="ampere-llm-node"),
         image_id=dict(type="str"),
         subnet_id=dict(type="str"),
-        state=dict(type="str", default="present", choices=["present", "absent"]),
+        state=STATE,
         shape=dict(type="str", default="VM.Standard.A2.Flex"),
         ocpus=dict(type="float", default=2),
         memory_gbs=dict(type="float", default=16),

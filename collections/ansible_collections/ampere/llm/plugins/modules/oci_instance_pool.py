@@ -111,28 +111,21 @@ availability_domain:
   returned: when the pool was created
 """
 
-import time
 from datetime import datetime, timezone
 
-from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciError, OciModule
-
-try:
-    from oci.core import models as m
-except ImportError:
-    pass
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import STATE, OciError, OciModule
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import core_models as m
 
 
 def wait_instances(o, pool_id, compartment_id, size):
     """Until the pool runs and exactly `size` of its instances are Running (the work request succeeded)."""
     o.wait(o.management.get_instance_pool, pool_id, {"RUNNING"}, "instance pool")
-    deadline = time.monotonic() + o.timeout
-    while True:
+
+    def probe():
         states = [i.state.upper() for i in o.list_all(o.management.list_instance_pool_instances, compartment_id, pool_id)]
-        if states.count("RUNNING") == size == len(states):
-            return
-        if time.monotonic() > deadline:
-            raise OciError(f"instance pool {pool_id}: instances {states} not all RUNNING after {o.timeout}s")
-        time.sleep(o.poll)
+        return (states.count("RUNNING") == size == len(states),
+                f"instance pool {pool_id}: instances {states} not all RUNNING after {o.timeout}s")
+    o.until(probe)
 
 
 def lifecycle(timeout):
@@ -173,7 +166,7 @@ def main():
         name=dict(type="str", default="ampere-llm-pool"),
         instance_configuration_id=dict(type="str"),
         subnet_id=dict(type="str"),
-        state=dict(type="str", default="present", choices=["present", "absent"]),
+        state=STATE,
         size=dict(type="int", default=2),
         enforce_size=dict(type="bool", default=False),
         availability_domain=dict(type="str"),

@@ -146,6 +146,7 @@ url:
 import hashlib
 
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import (
+    STATE,
     OciError,
     OciModule,
     ServiceError,
@@ -153,11 +154,7 @@ from ansible_collections.ampere.llm.plugins.module_utils.oci_common import (
     explain,
     to_dict,
 )
-
-try:
-    from oci.load_balancer import models as m
-except ImportError:
-    pass
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import lb_models as m
 
 
 def main():
@@ -165,7 +162,7 @@ def main():
         compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-lb"),
         subnet_ids=dict(type="list", elements="str"),
-        state=dict(type="str", default="present", choices=["present", "absent"]),
+        state=STATE,
         listen_port=dict(type="int", default=80),
         backend_port=dict(type="int", default=80),
         backend_set=dict(type="str", default="ampere-llm"),

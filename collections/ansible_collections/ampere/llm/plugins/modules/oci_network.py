@@ -89,12 +89,8 @@ changes:
   returned: success
 """
 
-from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule
-
-try:
-    from oci.core import models as m
-except ImportError:
-    pass
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import STATE, OciModule
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import core_models as m
 
 
 def rule_key(rule, peer):
@@ -126,7 +122,7 @@ def main():
         admin_cidr=dict(type="str", default=""),
         listen_port=dict(type="int", default=80),
         https_port=dict(type="int", default=0),
-        state=dict(type="str", default="present", choices=["present", "absent"]),
+        state=STATE,
     ))
     p, o = mod.params, mod.oci
     net, comp, name = o.network, p["compartment_id"], p["name"]

@@ -108,14 +108,9 @@ events:
   returned: success
 """
 
-from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciError, OciModule
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciError, OciModule, autoscaling_models
 from ansible_collections.ampere.llm.plugins.module_utils.oci_provider import OciPoolProvider
 from ansible_collections.ampere.llm.plugins.module_utils.rollout import Rollout, RolloutFailed, plan
-
-try:
-    from oci.autoscaling.models import UpdateAutoScalingConfigurationDetails
-except ImportError:
-    pass
 
 
 def main():
@@ -142,7 +137,7 @@ def main():
 
     def set_autoscaling(enabled):
         o.call(o.autoscaling.update_auto_scaling_configuration, asc_id,
-               UpdateAutoScalingConfigurationDetails(is_enabled=enabled))
+               autoscaling_models.UpdateAutoScalingConfigurationDetails(is_enabled=enabled))
 
     def body():
         pool = o.call(o.management.get_instance_pool, p["instance_pool_id"]).data
