@@ -20,9 +20,12 @@ local window and cool-down are seconds, given on the command line (`local.py aut
 
 Growing and shrinking go through the roll-out's provider (local.LocalProvider, rollout.Provider):
 grow boots a node from the pool's current image and waits for HAProxy to see it UP; scale-in takes
-the newest serving node, drains it at HAProxy (no new requests), stops its service (its /readyz
-answers 503 and it refuses new work while its streams finish, as a node does when OCI terminates
-it), waits until HAProxy counts no open request on it, then removes it. No stream is cut.
+the newest serving node, drains it at HAProxy (no new requests; its streams run on), waits until
+HAProxy counts no open request on it (at most `drain_timeout`), then removes it: maintenance at
+HAProxy, then the container stops, whose service drains as on SIGTERM (/readyz 503, new work
+refused, streams finish), as a node does when OCI terminates it after the pool's pre-termination
+drain. The node's own drain must not start earlier: HAProxy marks a node whose /readyz says 503
+down and shuts its open sessions (the balancer role's `on-marked-down shutdown-sessions`).
 """
 from __future__ import annotations
 
@@ -129,8 +132,18 @@ class Autoscaler:
 
     # ---- one decision ----------------------------------------------------------------------------
     def step(self) -> str | None:
-        """Sample, and scale when the statistic crosses a threshold outside the cool-down."""
+        """Sample, then decide."""
         self.sample()
+        return self.decide()
+
+    def leaving(self) -> str | None:
+        """The slot of the node a scale-in would remove now: the newest serving one (the last the
+        burst brought; OCI's pool picks by its own rules)."""
+        serving = self.serving()
+        return max(serving, key=lambda s: int(serving[s].rsplit("-n", 1)[1])) if serving else None
+
+    def decide(self) -> str | None:
+        """Scale when the statistic crosses a threshold outside the cool-down: "out", "in" or None."""
         stat = self.statistic()
         if stat is None or time.monotonic() < self._quiet_until:
             return None
@@ -172,15 +185,16 @@ class Autoscaler:
         serving = self.serving()
         if len(serving) <= self.policy.min_nodes:
             return
-        # The newest node goes (the last one the burst brought); OCI's pool picks by its own rules.
-        slot = max(serving, key=lambda s: int(serving[s].rsplit("-n", 1)[1]))
+        slot = self.leaving()
         node = next(n for n in self.provider.nodes() if n.id == serving[slot])
         try:
             self.provider.drain(node)
             open_at_drain = self.provider.in_flight(node)
             self._event("drain", node.id, stat, open=open_at_drain)
-            # The node's own drain: /readyz 503, new work refused, running streams finish.
-            self.pool.exec_in(node.id, "systemctl", "stop", "--no-block", "ampere-llm.service")
+            # Only HAProxy drains while streams run: a node whose /readyz turns 503 is marked down
+            # after `fall` checks, and the balancer then shuts its sessions (on-marked-down
+            # shutdown-sessions, so a dead node's streams do not hang). The node's own drain
+            # (/readyz 503, new work refused) starts when it is removed, with nothing left open.
             deadline = time.monotonic() + self.drain_timeout
             while (left := self.provider.in_flight(node)) != 0 and time.monotonic() < deadline:
                 time.sleep(0.1)

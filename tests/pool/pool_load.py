@@ -111,6 +111,8 @@ class Load:
     duration: float = 120.0
     max_tokens: int = 24
     pause: float = 0.0
+    prompts: tuple[str, ...] = tuple(PROMPTS)
+    honour_retry_after: bool = False  # after a 503, wait the seconds its Retry-After says, as a polite client does
     cafile: str | None = None    # the pool's certificate, for an https:// url
     results: list[Result] = field(default_factory=list)
     on_result: Callable[[Result], None] | None = None
@@ -131,12 +133,14 @@ class Load:
     def _worker(self, n: int) -> None:
         i = n
         while self._take():
-            r = stream_once(self.url, PROMPTS[i % len(PROMPTS)], self.max_tokens,
+            r = stream_once(self.url, self.prompts[i % len(self.prompts)], self.max_tokens,
                             source=client_address(n), cafile=self.cafile)
             i += self.clients
             with self._lock:
                 self.results.append(r)
-            if self.pause:
+            if self.honour_retry_after and r.status == 503 and (r.retry_after or "").isdigit():
+                self._stop.wait(int(r.retry_after))
+            elif self.pause:
                 time.sleep(self.pause)
 
     def start(self) -> Load:

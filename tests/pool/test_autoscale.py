@@ -1,11 +1,16 @@
 """The local pool's demand autoscaler (pool/autoscale.py) under a bounded burst through HAProxy:
 an idle pool shrinks to 1 node; a few dozen clients make requests wait on that node and the pool
-grows to 2; when the burst gives way to a light load, the pool shrinks back to 1 while streams
-run, by draining the leaving node first. Every request is served or refused with 503 +
-Retry-After, none is cut, and no request reaches the leaving node after its drain.
+grows to 2; when the burst gives way to one client's long streams, the pool shrinks back to 1,
+draining the leaving node while a stream runs on it. Every request is served or refused with 503 +
+Retry-After (the clients then wait as it says), none is cut, and no request reaches the leaving
+node after its drain.
 
 The thresholds are the shared ones (playbooks/vars/demand.yml, the OCI policy's); the window and
-cool-down are seconds here (OCI: 60 s and >= 300 s), so the test stays bounded."""
+cool-down are seconds here (OCI: 60 s and >= 300 s), so the test stays bounded. For the scale-in,
+the test samples every half second as the controller does but lets it decide only at an instant
+when the node it would remove has just been given a stream: so the scale-in always happens under
+a running stream (the policy and the drain are the controller's own).
+"""
 from __future__ import annotations
 
 import time
@@ -16,7 +21,8 @@ import pytest
 from pool_load import Load, report
 
 BURST_CLIENTS = 24   # against 1 node x (2 slots + 2 queued): most wait or are refused
-LIGHT_CLIENTS = 2    # one stream at a time each, with a pause: the slots mostly idle
+LIGHT_TOKENS = 96    # one client's long streams after the burst: 1 of the 2 nodes' 4 slots busy
+STORY = "Write a long story about a lighthouse keeper and a storm."  # runs to max_tokens
 WINDOW, COOLDOWN = 5.0, 8.0
 
 
@@ -44,20 +50,32 @@ def test_pool_grows_on_waiting_requests_and_shrinks_without_cutting_a_stream(poo
         # The pause keeps each client under the nodes' per-client rate limit (2 r/s, burst 10): only
         # the pool's capacity refuses anyone here.
         burst = Load(pool.url, cafile=pool.c.tls_cert, clients=BURST_CLIENTS, max_requests=3000, duration=150,
-                     max_tokens=16, pause=0.6).start()
+                     max_tokens=16, pause=0.6, honour_retry_after=True).start()
         wait_for(lambda: actions(scaler, "serving"), 90, "scale-out under the burst", scaler)
         grown = actions(scaler, "serving")[0]
         new_node = grown["node"]
         # The new node takes its share of the burst for a while.
         wait_for(lambda: sum(r.served_by == new_node and r.ok for r in burst.results) >= 10, 60,
                  f"10 streams served by {new_node}", scaler)
+        scaler.stop()
         burst.stop(90)
         t_light = time.monotonic()
-        light = Load(pool.url, cafile=pool.c.tls_cert, clients=LIGHT_CLIENTS, max_requests=400, duration=120,
-                     max_tokens=24, pause=1.0).start()
-        wait_for(lambda: len(actions(scaler, "removed")) == 2, 90, "scale-in after the burst", scaler)
+        light = Load(pool.url, cafile=pool.c.tls_cert, clients=1, max_requests=400, duration=120,
+                     max_tokens=LIGHT_TOKENS, pause=0.1, prompts=(STORY,)).start()
+
+        def fresh_stream_on_leaving_node() -> bool:
+            row = pool.stats().get(scaler.leaving() or "", {})
+            return int(row.get("scur") or 0) >= 1 and row.get("lastsess") == "0"
+
+        deadline = time.monotonic() + 90
+        while not actions(scaler, "removed")[1:]:
+            assert time.monotonic() < deadline, f"no scale-in after the burst; events: {scaler.events}"
+            scaler.sample()
+            if fresh_stream_on_leaving_node():
+                scaler.decide()
+            time.sleep(0.5)
         t_shrunk = time.monotonic()
-        light.wait_for(4)
+        light.wait_for(2)
     finally:
         for load in (burst, light):
             if load:
@@ -73,7 +91,7 @@ def test_pool_grows_on_waiting_requests_and_shrinks_without_cutting_a_stream(poo
     finished_in_drain = [r for r in results if r.served_by == leaving and r.start < drain["t"] < r.end]
     boot = next((b for b in pool.boot_times() if b["node"] == new_node), {})
     h.show(capsys, report(
-        f"autoscale 1 -> 2 -> 1 ({BURST_CLIENTS} clients, then {LIGHT_CLIENTS}; window {WINDOW:.0f} s, "
+        f"autoscale 1 -> 2 -> 1 ({BURST_CLIENTS} clients, then 1; window {WINDOW:.0f} s, "
         f"cool-down {COOLDOWN:.0f} s, thresholds of playbooks/vars/demand.yml)",
         {"burst, 1 node (until the new node is UP)": [r for r in burst.results if r.start < grown["t"]],
          "burst, 2 nodes": [r for r in burst.results if r.start >= grown["t"]],
@@ -87,7 +105,7 @@ def test_pool_grows_on_waiting_requests_and_shrinks_without_cutting_a_stream(poo
                            + (f" open at removal {e['open_at_removal']}" if "open_at_removal" in e else "")
                            for e in scaler.events)
         + f"\n  light load from {t_light - t_burst:.1f} s; {len(finished_in_drain)} stream(s) on {leaving} "
-          f"were running at its drain and finished"
+          f"were running at its drain and finished ({[r.tokens for r in finished_in_drain]} tokens)"
         + f"\n  {new_node} boot-to-ready: container up {boot.get('booted_s')} s, /readyz 200 {boot.get('ready_s')} s, "
           f"first token {boot.get('first_token_s')} s after its start")
 
@@ -107,5 +125,7 @@ def test_pool_grows_on_waiting_requests_and_shrinks_without_cutting_a_stream(poo
     late = [r for r in results if r.served_by == leaving and r.start > drain["t"] + 0.1]
     assert not late, f"{leaving} got {len(late)} request(s) after its drain"
     assert removed["open_at_removal"] == 0
+    assert drain["open"] >= 1 and finished_in_drain, "the scale-in was meant to happen under a running stream"
+    assert all(r.ok and r.tokens == LIGHT_TOKENS for r in finished_in_drain)
     # The light load was served throughout the scale-in.
     assert light.results and all(r.ok for r in light.results)
