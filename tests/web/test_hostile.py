@@ -243,7 +243,7 @@ ROUTES = ["/generate", "/v1/chat/completions", "/v1/completions", "/v1/models", 
           "/openapi.json", "/metrics", "/", "/index.html"]
 
 
-@pytest.mark.parametrize("method", ["PUT", "DELETE", "TRACE", "OPTIONS", "PATCH"])
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "TRACE", "OPTIONS", "PATCH", "PROPFIND", "FOO"])
 @pytest.mark.parametrize("path", ROUTES)
 def test_other_methods_are_json_405(node, method, path):
     status, headers, body = raw(node, f"{method} {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n"
@@ -261,6 +261,10 @@ URLS = [  # (id, request target, status)
     ("unknown-api", "/v1/nope", 404),
     ("nul-in-path", "/gen%00erate", 400),
     ("long-url", "/" + "a" * 20_000, 414),
+    ("raw-utf8-in-api", "/v1/m\u00f6dels", 400),
+    ("raw-utf8-in-health", "/readyz?x=\u00f6", 400),
+    ("options-star", "*", 400),
+    ("absolute-form-elsewhere", "http://evil.example/nope", 404),
 ]
 
 
