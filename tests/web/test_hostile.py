@@ -168,6 +168,8 @@ BAD_BODIES = [  # (id, route, body, content type, status, words in the message)
      "application/json", 400, "image_url"),
     ("prompt-over-context", GEN, dumps({"prompt": "word " * 4000}), "application/json", 400,
      f"the context holds {CTX}"),
+    ("prompt-near-body-limit", COMP, dumps({"prompt": "word " * 190_000}), "application/json", 400,
+     f"the context holds {CTX}"),
     ("chat-over-context", CHAT, dumps({"messages": [{"role": "user", "content": "word " * 4000}]}),
      "application/json", 400, f"the context holds {CTX}"),
     ("array-body", COMP, b"[1, 2]", "application/json", 400, "expected object"),
