@@ -13,13 +13,12 @@ import uuid
 
 try:
     import oci
-    from oci.autoscaling import models as autoscaling_models
-    from oci.core import models as core_models
     from oci.exceptions import ServiceError
-    from oci.load_balancer import models as lb_models
     HAS_OCI = True
-except ImportError:  # reported by OciModule with a fix, not as a traceback; the modules import the
-    HAS_OCI = False  # SDK's models from here, so none of them needs a guard of its own
+    # The SDK's models, for the modules to import from here: none of them needs an import guard of its own.
+    autoscaling_models, core_models, lb_models = oci.autoscaling.models, oci.core.models, oci.load_balancer.models
+except ImportError:  # reported by OciModule with a fix, not as a traceback
+    HAS_OCI = False
     oci = autoscaling_models = core_models = lb_models = None
     ServiceError = Exception
 
