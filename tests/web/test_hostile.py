@@ -1,8 +1,9 @@
 """Hostile input at the node's front door: the web role's NGINX site in front of the real backend on
 SmolLM2, one stack for the whole module, and the balancer role's HAProxy in front of that (the local
 pool's front door, same template). Every answer is JSON {"error": {"type", "message"}} with its
-status (never a 500, never one of NGINX's or HAProxy's HTML pages), nothing hangs, and the node
-serves a normal request after each case."""
+status (never a 500, never one of NGINX's or HAProxy's HTML pages; the one exception, HAProxy 2.6's
+HTTP/1 parser, is test_balancer_refuses_malformed_http_at_once), nothing hangs, and the node serves
+a normal request after each case."""
 from __future__ import annotations
 
 import gzip
