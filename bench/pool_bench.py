@@ -30,7 +30,8 @@ CORES_PER_OCPU = 2
 LB_PER_HOUR = 0.029
 STREAMS = 4
 # The demand ramp: (clients at once, seconds), each client one 16-token stream at a time with a
-# pause that keeps it under the nodes' per-client rate limit. The same ramp with and without the policy.
+# pause that keeps it under the nodes' per-client rate limit, and after a 503 the wait its
+# Retry-After asks for. The same ramp with and without the policy.
 RAMP = ((2, 15), (8, 20), (24, 30), (8, 15), (2, 10))
 RAMP_TOKENS = 16
 WAIT_S = 2.0
@@ -86,7 +87,7 @@ def ramp(pool: local.LocalPool, scaler: autoscale.Autoscaler | None, settle: flo
     try:
         for clients, seconds in RAMP:
             results += Load(pool.url, clients=clients, max_requests=100000, duration=seconds,
-                            max_tokens=RAMP_TOKENS, pause=0.6).start().stop(120, wait=True)
+                            max_tokens=RAMP_TOKENS, pause=0.6, honour_retry_after=True).start().stop(120, wait=True)
         t_ramp = time.monotonic() - t0
         deadline = time.monotonic() + settle
         while scaler and len(pool.state.slots) > scaler.policy.min_nodes and time.monotonic() < deadline:

@@ -29,6 +29,7 @@ down and shuts its open sessions (the balancer role's `on-marked-down shutdown-s
 """
 from __future__ import annotations
 
+import fcntl
 import threading
 import time
 from collections import deque
@@ -170,6 +171,7 @@ class Autoscaler:
 
     def _scale_out(self, stat: tuple[float, float]) -> None:
         self._event("scale-out", None, stat)
+        before = {n.id for n in self.provider.nodes()}
         try:
             (node,) = self.provider.grow(self.pool.state.image, 1)
             deadline = time.monotonic() + self.health_timeout
@@ -178,6 +180,13 @@ class Autoscaler:
                     raise local.PoolError(f"{node.id} not UP at HAProxy after {self.health_timeout:.0f} s")
                 time.sleep(0.25)
             self._event("serving", node.id, stat)
+        except (local.PoolError, local.HAProxyError):
+            # A node that never served goes again (OCI terminates an instance that fails to launch).
+            for n in self.provider.nodes():
+                if n.id not in before:
+                    self.provider.remove(n)
+                    self._event("failed", n.id, stat)
+            raise
         finally:
             self._after_action()
 
@@ -205,6 +214,16 @@ class Autoscaler:
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self) -> None:
+        """Until stop(). One controller per pool: a second one would boot nodes into the same slots."""
+        self.pool.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.pool.dir / "autoscale.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise local.PoolError(f"another autoscaler runs on pool {self.pool.c.name}") from None
+            self._loop()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             t = time.monotonic()
             try:

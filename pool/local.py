@@ -618,4 +618,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module `local`, not `__main__`: pool/autoscale.py imports `local`, and its
+    # PoolError must be the one this process raises and catches.
+    from local import main as _main
+    sys.exit(_main())
