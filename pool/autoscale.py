@@ -8,8 +8,9 @@ Monitoring (roles/monitoring), as the mean over the serving nodes:
     queue      = ampere_llm_queue_depth                           (requests waiting for a slot)
 
 The statistic is the mean of the samples of the last `window` seconds (OCI: `[1m].mean()` over the
-pool's nodes). Mean queue above `scale_out_queue`: the pool grows by one node; mean saturation below
-`scale_in_saturation` (and nobody waiting): it shrinks by one; always within min..max nodes. After
+pool's nodes; playbooks/vars/oci.yml writes the same two comparisons as OCI's MQL queries). Mean
+queue above `scale_out_queue`: the pool grows by one node; else mean saturation below
+`scale_in_saturation`: it shrinks by one; always within min..max nodes. After
 either action nothing happens for `cooldown` seconds, nor before a whole window of samples of the
 new size.
 
@@ -47,7 +48,7 @@ METRICS = ("ampere_llm_slots_busy", "ampere_llm_slots_total", "ampere_llm_queue_
 @dataclass(frozen=True)
 class Policy:
     scale_out_queue: float      # mean requests waiting per node above this: one node more
-    scale_in_saturation: float  # mean share of busy slots below this (none waiting): one node less
+    scale_in_saturation: float  # mean share of busy slots below this: one node less
     window: float               # seconds of samples the statistic (their mean) covers
     cooldown: float             # seconds after a scaling action before the next may happen
     min_nodes: int = 1
@@ -153,7 +154,7 @@ class Autoscaler:
         if queue > self.policy.scale_out_queue and size < self.policy.max_nodes:
             self._scale_out(stat)
             return "out"
-        if saturation < self.policy.scale_in_saturation and queue == 0 and size > self.policy.min_nodes:
+        if saturation < self.policy.scale_in_saturation and size > self.policy.min_nodes:
             self._scale_in(stat)
             return "in"
         return None
