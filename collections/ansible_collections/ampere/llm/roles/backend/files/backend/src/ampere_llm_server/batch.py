@@ -25,6 +25,12 @@ Why these choices:
   sequences in the ubatch, so a near-tie greedy token can depend on the batch's company;
   `flash_attn=False` (--flash-attn off) keeps greedy output independent of it, at the cost the
   bench measures (docs/bench/README.md).
+- Hand-off off the critical path: events go to a courier thread through a SimpleQueue (no
+  system call, no GIL release), which calls each job's `emit`. The caller's emit wakes the event
+  loop (a write to its self-pipe), and the loop then wants the GIL for its SSE writes; done here,
+  that cost the decode thread ~0.6 ms a token on the bench, waiting for the loop; done by the
+  courier, it happens while llama_decode runs with the GIL released. One courier keeps every
+  job's events in order.
 - Step accounting: every part of a step on this thread (scheduling, building the batch,
   llama_decode, sampling, detokenising with the stop-string check, handing events to the caller)
   is summed in `step_seconds` with perf_counter (~0.1 us a reading), for /metrics and the bench.
@@ -199,6 +205,9 @@ class BatchEngine:
                 self._model.close()
             loaded.set_exception(e)
             return
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        courier = threading.Thread(target=self._courier, name="llama-courier", daemon=True)
+        courier.start()
         loaded.set_result(None)
         self._slots = [_Slot(seq=i) for i in range(self.slots)]
         self._waiting: collections.deque[Job] = collections.deque()
@@ -213,10 +222,24 @@ class BatchEngine:
                 if slot.job is not None:
                     self._finish(slot, "cancelled")
             for job in self._waiting:
-                job.emit(Done("cancelled", len(job.prompt_tokens), 0))
+                self._send(job, Done("cancelled", len(job.prompt_tokens), 0))
+            self._outbox.put(None)
+            courier.join(timeout=30)
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
             self._model.close()
+
+    # --- hand-off ----------------------------------------------------------------------------
+    def _send(self, job: Job, event) -> None:
+        self._outbox.put((job.emit, event))
+
+    def _courier(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            emit, event = item
+            try:
+                emit(event)
+            except Exception:  # a receiver's bug must not stop everyone's events
+                log.exception("delivering an engine event failed")
 
     # --- the step loop (worker thread) ------------------------------------------------------
     def _loop(self) -> None:
@@ -245,7 +268,7 @@ class BatchEngine:
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancelled.is_set()]:
             self._waiting.remove(job)
-            job.emit(Done("cancelled", len(job.prompt_tokens), 0))
+            self._send(job, Done("cancelled", len(job.prompt_tokens), 0))
         for slot in self._slots:
             if slot.job is not None and slot.job.cancelled.is_set():
                 self._finish(slot, "cancelled")
@@ -261,14 +284,14 @@ class BatchEngine:
             job = self._waiting.popleft()
             prompt = job.prompt_tokens
             if not prompt or len(prompt) > self.n_ctx:
-                job.emit(Failed(f"the prompt has {len(prompt)} tokens; this server takes "
+                self._send(job, Failed(f"the prompt has {len(prompt)} tokens; this server takes "
                                 f"1 to {self.n_ctx} per request") if prompt else
                          Failed("the prompt is empty"))
                 continue
             try:  # the grammar was parsed when the request came in: this fails only on a bug
                 sampler = Sampler(job.params, self._n_vocab, self._vocab)
             except ValueError as e:
-                job.emit(Failed(str(e)))
+                self._send(job, Failed(str(e)))
                 continue
             slot = max(free, key=lambda s: (common_prefix(s.cells, prompt), -s.seq))
             # Re-read at least MIN_CHUNK prompt tokens (the last one's logits give the first new
@@ -370,7 +393,7 @@ class BatchEngine:
         text = slot.text.push(piece)
         t2 = clock()
         spent["detokenize"] += t2 - t1
-        job.emit(Token(text, tok))
+        self._send(job, Token(text, tok))
         spent["handoff"] += clock() - t2
         if slot.text.stopped:
             return self._finish(slot, "stop")
@@ -384,11 +407,11 @@ class BatchEngine:
         prefix reuse by the next job."""
         job = slot.job
         if failed is not None:
-            job.emit(failed)
+            self._send(job, failed)
         else:
             if reason != "cancelled" and (tail := slot.text.flush()):
-                job.emit(Token(tail, FLUSH_TOKEN_ID))
-            job.emit(Done(reason, len(slot.prompt), slot.made, slot.cached))
+                self._send(job, Token(tail, FLUSH_TOKEN_ID))
+            self._send(job, Done(reason, len(slot.prompt), slot.made, slot.cached))
         slot.sampler.close()
         slot.job, slot.sampler, slot.text, slot.prompt = None, None, None, []
         self._busy -= 1
@@ -399,7 +422,7 @@ class BatchEngine:
         for slot in self._slots:
             slot.cells = []
             if slot.job is not None:
-                slot.job.emit(Failed(message))
+                self._send(slot.job, Failed(message))
                 slot.sampler.close()
                 slot.job, slot.sampler, slot.text, slot.prompt = None, None, None, []
         self._busy = 0
