@@ -150,8 +150,9 @@ def _fa(config: dict) -> str:
     return f"flash attention {config['flash_attn']} on every tool"
 
 
-PARTS = ("decode", "sample", "detokenize", "handoff", "batch", "schedule")
-PART_NAMES = {"decode": "llama_decode", "sample": "sampling", "detokenize": "detokenise + stop strings",
+PARTS = ("decode", "prefill", "sample", "detokenize", "handoff", "batch", "schedule")
+PART_NAMES = {"decode": "llama_decode, generating", "prefill": "llama_decode, reading prompts",
+              "sample": "sampling", "detokenize": "detokenise + stop strings",
               "handoff": "hand-off to the event loop", "batch": "building the batch",
               "schedule": "admission and cancellation"}
 
@@ -386,7 +387,7 @@ def _plot_steps(ax, results: dict) -> None:
     if not rows:
         ax.axis("off")
         return
-    colors = dict(zip(PARTS, ("#8c8c8c", "#d9730d", "#e8b04a", "#7a5195", "#4f9a4f", "#3b6ea5")))
+    colors = dict(zip(PARTS, ("#8c8c8c", "#c7c7c7", "#d9730d", "#e8b04a", "#7a5195", "#4f9a4f", "#3b6ea5")))
     xs = range(len(rows))
     bottom = [0.0] * len(rows)
     for part in PARTS:

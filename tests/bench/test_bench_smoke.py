@@ -46,7 +46,8 @@ def check_run(res: dict) -> None:
         assert row["slots"]["ours"] >= 1 and row["slots"]["llama-server"] >= 1
         steps = row["ours_steps"]                 # ours' engine thread, per decode step
         assert steps["steps"] > 0 and steps["ms_per_step"]["decode"] > 0
-        assert set(steps["ms_per_step"]) == {"schedule", "batch", "decode", "sample", "detokenize", "handoff"}
+        assert set(steps["ms_per_step"]) == {"schedule", "batch", "prefill", "decode", "sample", "detokenize",
+                                             "handoff"}
         assert steps["step_interval_ms"] >= steps["engine_ms_per_step"] > 0
         for who in SERVERS:
             fig = row[who]

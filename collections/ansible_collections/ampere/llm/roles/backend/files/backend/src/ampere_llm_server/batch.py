@@ -60,7 +60,8 @@ from .sampling import NoTokenAllowed, Sampler
 from .text import FLUSH_TOKEN_ID, TextStream, chat_renderer, token_bytes
 
 # Where the engine thread's time goes, per step (BatchEngine.step_seconds; /metrics).
-STEP_PARTS = ("schedule", "batch", "decode", "sample", "detokenize", "handoff")
+# "prefill": llama_decode of steps that read prompt tokens; "decode": of steps that only generate.
+STEP_PARTS = ("schedule", "batch", "prefill", "decode", "sample", "detokenize", "handoff")
 
 log = logging.getLogger("ampere_llm.engine")
 
@@ -354,7 +355,7 @@ class BatchEngine:
         spent["batch"] += t1 - t0
         rc = llama_cpp.llama_decode(self._ctx, batch)
         t2 = clock()
-        spent["decode"] += t2 - t1
+        spent["prefill" if any(chunk.values()) else "decode"] += t2 - t1
         self.steps += 1
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")

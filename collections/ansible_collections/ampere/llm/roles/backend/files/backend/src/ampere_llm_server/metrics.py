@@ -63,7 +63,7 @@ class Metrics:
 
 class _EngineSteps:
     """`engine_step_seconds_total{part}` and `engine_steps_total`: where the engine thread's time
-    goes per decode step (part: schedule, batch, decode, sample, detokenize, handoff)."""
+    goes per decode step (part: schedule, batch, prefill, decode, sample, detokenize, handoff)."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
