@@ -212,7 +212,8 @@ async def main_async(args) -> Path:
            else "their own defaults"))
     if report.busy(m["loadavg_start"][0], m["usable_cores"]):
         say(f"    warning: load average {m['loadavg_start'][0]:.1f} on {m['usable_cores']} cores: other work is "
-            f"running; llama.cpp's threads slow down badly when they share cores, so expect low, noisy figures")
+            f"running; llama.cpp's threads slow down badly when they share cores, so expect low, noisy figures "
+            f"(--threads 1 keeps them from waiting on each other)")
     say(f"==> llama-bench pp{cfg['prompt_tokens']} / tg{cfg['max_tokens']} x{cfg['bench_reps']}")
     lb = await asyncio.to_thread(harness.llama_bench, bin_dir, model, threads, cfg["prompt_tokens"],
                                  cfg["max_tokens"], cfg["bench_reps"], say, fa)
