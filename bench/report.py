@@ -359,12 +359,9 @@ def plot(results: dict, path: Path) -> None:
         if ax is axes[1, 0] and bare:   # the ceiling: decode alone, no prefill, sampling or HTTP
             ax.plot(ns, [bare.get(str(n)) for n in ns], "s:", color=COLORS["llama-bench"],
                     label="llama-batched-bench decode (ceiling)")
-        fallback = [row["streams"] for row, _, _ in rows if row.get("ours_note")]
-        for x in fallback:
-            ax.axvspan(x * 0.9, x * 1.1, color="#999999", alpha=0.15, lw=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns, [str(n) for n in ns])
-        ax.set_xlabel("concurrent streams (--parallel N)" + ("; shaded: ours at --parallel 1" if fallback else ""))
+        ax.set_xlabel("concurrent streams" + (" (--parallel N)" if results["config"].get("mode") == "matched" else ""))
         ax.set_ylabel(unit)
         ax.set_title(title)
         top = max([v for row, _, _ in rows for who in (LS, OURS)
