@@ -37,6 +37,9 @@ RAMP_TOKENS = 16
 WAIT_S = 2.0
 # Local window and cool-down (seconds; OCI: 60 s and >= 300 s); thresholds from playbooks/vars/demand.yml.
 WINDOW, COOLDOWN = 5.0, 10.0
+# Each node's service runs 1 thread: beyond 2 nodes they would share this box's 2 cores, and a
+# third node would slow the others instead of adding capacity.
+MAX_NODES = 2
 # Its own ports, so it runs beside `make demo` and `make test` pools.
 CONFIG = local.Config(name="bench", port=18390, seed_ssh=22060, seed_backend=18300, seed_web=18380)
 
@@ -111,14 +114,14 @@ def ramp(pool: local.LocalPool, scaler: autoscale.Autoscaler | None, settle: flo
 
 
 def demand(pool: local.LocalPool, say=print) -> dict:
-    """The ramp without the demand policy (1 node throughout) and with it (1..3 nodes)."""
+    """The ramp without the demand policy (1 node throughout) and with it (1..MAX_NODES nodes)."""
     provider = local.LocalProvider(pool)
     while len(pool.state.slots) > 1:  # both runs start from one node
         pool.remove_node(provider.nodes()[-1].id)
-    policy = autoscale.Policy.load(window=WINDOW, cooldown=COOLDOWN, min_nodes=1, max_nodes=3)
+    policy = autoscale.Policy.load(window=WINDOW, cooldown=COOLDOWN, min_nodes=1, max_nodes=MAX_NODES)
     out = {"ramp": [list(x) for x in RAMP], "max_tokens": RAMP_TOKENS, "policy": asdict(policy)}
     for label, scaler in (("fixed, 1 node", None),
-                          ("demand policy, 1..3 nodes", autoscale.Autoscaler(pool, policy, poll=0.5,
+                          (f"demand policy, 1..{MAX_NODES} nodes", autoscale.Autoscaler(pool, policy, poll=0.5,
                                                                              log=lambda m: None))):
         m = ramp(pool, scaler)
         out[label] = m
