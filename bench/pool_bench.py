@@ -1,6 +1,10 @@
 """`make bench` (its --pool part): aggregate tokens/s through the local pool's balancer (pool/local.py:
 HAProxy in front of nodes booted from the seed's image) with 1 and then 2 nodes, and what a million
-tokens would cost on OCI at those speeds.
+tokens would cost on OCI at those speeds. Then the demand autoscaler (pool/autoscale.py): one fixed,
+bounded ramp of clients (RAMP) through HAProxy, once on a pool held at 1 node and once with the
+demand policy (1..2 nodes), counting requests served, refused (503), and served after waiting more
+than 2 s for their first token, and node-minutes used; and each node's boot-to-ready time
+(container start -> /readyz 200 -> first token), which pool/local.py logs as nodes come up.
 
 Each node runs its service with 1 thread (pool/seed-vars.yml), so 2 nodes split this 2-core box.
 The same offered load at both sizes: STREAMS requests at once, rounds of them, streamed to the end.
