@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """ampere-llm-metrics: this node's load, posted to OCI Monitoring for demand autoscaling.
 
 Every `sample_interval` seconds it reads the service's own /metrics (127.0.0.1, Prometheus text);
@@ -199,7 +198,7 @@ def load_config(path: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     ap.add_argument("--config", default="/etc/ampere-llm/metrics.json")
     ap.add_argument("--once", action="store_true", help="sample twice, post once, exit (1 if the post failed)")
     a = ap.parse_args(argv)
