@@ -109,6 +109,8 @@ def ramp(pool: local.LocalPool, scaler: autoscale.Autoscaler | None, settle: flo
             "refused_503": sum(r.status == 503 for r in results),
             "other_failures": sum(not r.ok and r.status != 503 for r in results),
             "waited_over_2s": sum(r.first_token - r.start > WAIT_S for r in served),
+            # Refused (told to come back later) or served late: no first token within 2 s.
+            "not_answered_in_2s": len(results) - sum(r.first_token - r.start <= WAIT_S for r in served),
             "ttft_p50_s": median([r.first_token - r.start for r in served]) if served else None,
             "ttft_max_s": max((r.first_token - r.start for r in served), default=None),
             "ramp_s": round(t_ramp, 1), "counted_s": round(time.monotonic() - t0, 1),
@@ -130,7 +132,8 @@ def demand(pool: local.LocalPool, say=print) -> dict:
         m = ramp(pool, scaler)
         out[label] = m
         say(f"==> demand ramp, {label}: {m['requests']} requests, {m['served']} served, "
-            f"{m['refused_503']} refused (503), {m['waited_over_2s']} waited > {WAIT_S:.0f} s for a first token, "
+            f"{m['refused_503']} refused (503), {m['waited_over_2s']} waited > {WAIT_S:.0f} s for a first token "
+            f"({m['not_answered_in_2s']} with no first token within {WAIT_S:.0f} s), "
             f"{m['node_minutes']:.2f} node-minutes over {m['counted_s']:.0f} s")
         for e in m["events"]:
             say(f"    {e['at_s']:6.1f} s {e['action']} {e['node'] or ''} (saturation {e['saturation']}, "
