@@ -23,7 +23,7 @@ CLI (scripts/demo.sh uses it; state in $AMPERE_LLM_CACHE/pool/<name>/):
               [--tls-cert PEM --https-port 8443]     HTTPS at the balancer, HTTP redirected to it
   local.py bake [--converge KEY=VALUE ...]   new image from the seed (re-converged with those vars first)
   local.py roll IMAGE [--batch-size 1]       rolling replacement of every node to IMAGE
-  local.py autoscale [--min 1 --max 3 --window 10 --cooldown 20]
+  local.py autoscale [--min 1 --max 2 --window 10 --cooldown 20]
                                              the demand autoscaler (pool/autoscale.py) in the foreground
   local.py status | down
 
@@ -572,7 +572,7 @@ def main(argv=None) -> int:
     au = sub.add_parser("autoscale", help="grow and shrink the pool on its nodes' demand (pool/autoscale.py; "
                         "thresholds from playbooks/vars/demand.yml) until Ctrl-C")
     au.add_argument("--min", type=int, default=1)
-    au.add_argument("--max", type=int, default=3)
+    au.add_argument("--max", type=int, default=2, help="nodes at most (1 thread each: 2 fill this box's cores)")
     au.add_argument("--window", type=float, default=10, help="seconds the mean is taken over (OCI: 60)")
     au.add_argument("--cooldown", type=float, default=20, help="seconds after an action (OCI: >= 300)")
     au.add_argument("--poll", type=float, default=1)
