@@ -5,13 +5,9 @@ import time
 from datetime import datetime, timezone
 
 from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciError
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import core_models as cm
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import lb_models as lbm
 from ansible_collections.ampere.llm.plugins.module_utils.rollout import Node
-
-try:
-    from oci.core import models as cm
-    from oci.load_balancer import models as lbm
-except ImportError:
-    pass
 
 
 class OciPoolProvider:

@@ -124,12 +124,8 @@ autoscaling_configuration_id:
 import re
 
 from ansible_collections.ampere.llm.plugins.module_utils.mql import namespace_error, query_error
-from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciModule, drift
-
-try:
-    from oci.autoscaling import models as m
-except ImportError:
-    pass
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import STATE, OciModule, drift
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import autoscaling_models as m
 
 
 def summary(cfg):
@@ -154,7 +150,7 @@ def main():
         compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-autoscaling"),
         instance_pool_id=dict(type="str"),
-        state=dict(type="str", default="present", choices=["present", "absent"]),
+        state=STATE,
         min_nodes=dict(type="int", default=2),
         max_nodes=dict(type="int", default=4),
         initial_nodes=dict(type="int"),

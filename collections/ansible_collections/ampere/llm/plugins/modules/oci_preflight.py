@@ -107,13 +107,13 @@ limit:
 import re
 
 from ansible_collections.ampere.llm.plugins.module_utils.mql import namespace_error, query_error
-from ansible_collections.ampere.llm.plugins.module_utils.oci_common import OciError, OciModule, explain
-
-try:
-    import oci
-    from oci.exceptions import ServiceError
-except ImportError:
-    pass
+from ansible_collections.ampere.llm.plugins.module_utils.oci_common import (
+    OciError,
+    OciModule,
+    ServiceError,
+    explain,
+    oci,
+)
 
 # What to add to the policy when a read of a family is refused (docs/oci.md has the whole policy).
 STATEMENT = {
