@@ -1,8 +1,8 @@
 """Python 3.10 (Ubuntu 22.04's, the reference host's) is supported by design: no reachable OS ships
 it, so the code that runs on a node is checked statically. vermin finds syntax, modules, functions
 and arguments newer than 3.10 (tomllib, asyncio.timeout, TaskGroup, except*, StrEnum...): the
-service, and the collection's plugins (modules run with the node's Python, filters and module_utils
-with the controller's)."""
+service, the monitoring role's metrics publisher (a node's), and the collection's plugins (modules run
+with the node's Python, filters and module_utils with the controller's)."""
 from __future__ import annotations
 
 import subprocess
@@ -13,6 +13,7 @@ import tomllib
 from conftest import BIN, COLLECTION, ROLES
 
 SERVICE = ROLES / "backend" / "files" / "backend"
+PUBLISHER = ROLES / "monitoring" / "files"
 
 
 def vermin(*paths: Path) -> subprocess.CompletedProcess:
@@ -21,7 +22,7 @@ def vermin(*paths: Path) -> subprocess.CompletedProcess:
 
 
 def test_node_code_needs_nothing_newer_than_python_310():
-    r = vermin(SERVICE / "src", COLLECTION / "plugins")
+    r = vermin(SERVICE / "src", PUBLISHER, COLLECTION / "plugins")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Minimum required versions" in r.stdout, r.stdout  # it did analyse the files
 
