@@ -49,7 +49,7 @@ class Config:
     port: int = 8000
     threads: int = field(default_factory=default_threads)
     ctx: int = 4096
-    parallel: int = 1
+    parallel: int = 4
     max_queue: int = 8
     api_key_file: str = ""
     node_name: str = field(default_factory=socket.gethostname)
@@ -69,7 +69,8 @@ HELP = {
     "port": "listen port (default 8000)",
     "threads": "llama.cpp threads (default: the cores this process may use)",
     "ctx": "context tokens per sequence (default 4096)",
-    "parallel": "sequences generated at once, batched into each decode step (default 1)",
+    "parallel": "sequences generated at once, batched into each decode step (default 4, as "
+                "llama-server's)",
     "max_queue": "requests that may wait for a slot; beyond that 503 + Retry-After (default 8)",
     "api_key_file": "file holding the API key; then /generate and /v1/* need Bearer auth",
     "node_name": "name sent in X-Served-By (default: host name)",
