@@ -25,7 +25,7 @@ def test_precedence_cli_over_env_over_file_over_defaults(tmp_path):
     env = {"AMPERE_LLM_CONFIG": str(toml), "AMPERE_LLM_MAX_QUEUE": "5", "AMPERE_LLM_CTX": "2048"}
     c = load_config(["--ctx", "512"], env)
     assert (c.model, c.port, c.max_queue, c.ctx) == ("/m.gguf", 9001, 5, 512)
-    assert c.host == "127.0.0.1" and c.parallel == 1 and c.flash_attn == "on"
+    assert c.host == "127.0.0.1" and c.parallel == 4 and c.flash_attn == "on"
     assert load_config(["--model", "m", "--flash-attn", "off"], {}).flash_attn == "off"
     assert c.threads == len(os.sched_getaffinity(0)) >= 1  # the cores this process may use
 

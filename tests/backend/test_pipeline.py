@@ -16,7 +16,7 @@ ROUTES = {  # route -> a body that asks for 2 tokens
 
 @pytest.mark.parametrize("route", ROUTES)
 async def test_a_full_queue_is_a_503_on_every_route(make_client, route):
-    client = await make_client(max_queue=0)
+    client = await make_client(parallel=1, max_queue=0)
     holder = await start_holder(client)
     for stream in (True, False):
         r = await client.post(route, json={**ROUTES[route], "stream": stream})

@@ -11,7 +11,7 @@ from gguf import GGUFWriter
 
 
 async def test_burst_beyond_slots_and_queue_is_200_or_503_never_500(run_server, tiny_model):
-    server = run_server(tiny_model, "--max-queue", "2", "--threads", "1")
+    server = run_server(tiny_model, "--parallel", "1", "--max-queue", "2", "--threads", "1")
     body = {"prompt": "Hello", "max_tokens": 400, "temperature": 0, "stream": False}
     async with aiohttp.ClientSession() as s:
         async def one():

@@ -78,7 +78,7 @@ async def _status_is(client, status):
 
 
 async def test_more_requests_than_slots_and_queue(make_client):
-    client = await make_client(max_queue=1)
+    client = await make_client(parallel=1, max_queue=1)
     holder = await start_holder(client)
     tasks = [asyncio.create_task(client.post("/generate", json=SHORT)) for _ in range(5)]
     # four are refused at once while the holder runs; one waits in the queue
@@ -104,7 +104,7 @@ async def test_more_requests_than_slots_and_queue(make_client):
 
 
 async def test_disconnect_cancels_and_frees_the_slot(make_client):
-    client = await make_client(max_queue=0)
+    client = await make_client(parallel=1, max_queue=0)
     holder = await start_holder(client)
     assert metric(await metrics_of(client), "ampere_llm_slots_busy") == 1
     holder.close()
@@ -122,7 +122,7 @@ async def test_disconnect_cancels_and_frees_the_slot(make_client):
 
 
 async def test_a_queued_request_that_leaves_gives_up_its_place(make_client):
-    client = await make_client(max_queue=1)
+    client = await make_client(parallel=1, max_queue=1)
     holder = await start_holder(client)
     queued = asyncio.create_task(client.post("/generate", json=SHORT))
     await until(lambda: _queue_depth_is(client, 1))
@@ -138,7 +138,7 @@ async def _queue_depth_is(client, n):
 
 
 async def test_heartbeat_while_queued(make_client):
-    client = await make_client(max_queue=1, heartbeat_interval=0.05)
+    client = await make_client(parallel=1, max_queue=1, heartbeat_interval=0.05)
     holder = await start_holder(client)
     resp = await client.post("/generate", json={**SHORT, "stream": True})
     assert resp.status == 200  # headers go out at once, before the slot is free
@@ -161,7 +161,7 @@ async def test_metrics_count_requests_tokens_and_latencies(client):
     assert 2 <= metric(t, "ampere_llm_completion_tokens_total") <= 10
     assert metric(t, "ampere_llm_time_to_first_token_seconds_count") == 2
     assert metric(t, "ampere_llm_inter_token_latency_seconds_count") >= 1
-    assert metric(t, "ampere_llm_slots_total") == 1
+    assert metric(t, "ampere_llm_slots_total") == 4  # the default
     for name in ("ampere_llm_generations_total", "ampere_llm_queue_depth",
                  "ampere_llm_slots_busy", "ampere_llm_ready"):
         assert f"# TYPE {name.removesuffix('_total')}" in t
@@ -321,7 +321,7 @@ async def test_an_unexpected_bug_is_a_json_500_and_the_service_goes_on(make_clie
 
 
 async def test_openai_stream_survives_heartbeats(make_client):
-    client = await make_client(max_queue=1, heartbeat_interval=0.01)
+    client = await make_client(parallel=1, max_queue=1, heartbeat_interval=0.01)
     # the slot is busy for a few hundred ms (300 tokens): the queued stream gets many heartbeats
     holder = await client.post("/generate", json={**LONG, "max_tokens": 300})
     assert (await holder.content.readline()).startswith(b"data:")
