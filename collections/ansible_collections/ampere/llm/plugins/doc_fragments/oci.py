@@ -6,6 +6,10 @@ from __future__ import annotations
 class ModuleDocFragment:
     DOCUMENTATION = r"""
 options:
+  compartment_id:
+    type: str
+    description: Compartment OCID.
+    required: true
   auth_type:
     type: str
     default: api_key

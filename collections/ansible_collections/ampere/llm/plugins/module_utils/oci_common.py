@@ -28,6 +28,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback
 GONE = {"TERMINATED", "TERMINATING", "DELETED", "DELETING", "FAILED"}
 
 COMMON_ARGS = dict(
+    compartment_id=dict(type="str", required=True),
     auth_type=dict(type="str", default="api_key", choices=["api_key", "instance_principal"],
                    fallback=(env_fallback, ["OCI_CLI_AUTH"])),
     config_file=dict(type="path", default="~/.oci/config", fallback=(env_fallback, ["OCI_CONFIG_FILE"])),

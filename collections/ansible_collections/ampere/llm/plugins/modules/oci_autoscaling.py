@@ -22,10 +22,6 @@ description:
   and made again (the pool keeps running).
 - enabled=false switches autoscaling off without deleting it (oci_rollout does this itself during a roll-out).
 options:
-  compartment_id:
-    type: str
-    description: Compartment OCID.
-    required: true
   name:
     type: str
     description: Display name.
@@ -147,7 +143,6 @@ def summary(cfg):
 
 def main():
     mod = OciModule(dict(
-        compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-autoscaling"),
         instance_pool_id=dict(type="str"),
         state=STATE,

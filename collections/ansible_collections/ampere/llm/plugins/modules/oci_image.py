@@ -16,10 +16,6 @@ description:
 - freeform_tags record what the image holds (llama.cpp commit and flags, llama-cpp-python, model and sha256, collection
   version).
 options:
-  compartment_id:
-    type: str
-    description: Compartment OCID.
-    required: true
   instance_id:
     type: str
     description: The seed instance OCID.
@@ -67,7 +63,6 @@ from ansible_collections.ampere.llm.plugins.module_utils.oci_common import core_
 
 def main():
     mod = OciModule(dict(
-        compartment_id=dict(type="str", required=True),
         instance_id=dict(type="str", required=True),
         name=dict(type="str", required=True),
         freeform_tags=dict(type="dict", default={}),

@@ -13,10 +13,6 @@ description:
   ampere-llm-spec tag is the hash of the desired launch details, and creates one only when none matches.
 - A new image or shape therefore gives a new configuration; the pool moves to it through rollout.yml (oci_rollout).
 options:
-  compartment_id:
-    type: str
-    description: Compartment OCID.
-    required: true
   name:
     type: str
     description: Display name.
@@ -95,7 +91,6 @@ from ansible_collections.ampere.llm.plugins.module_utils.oci_common import core_
 
 def main():
     mod = OciModule(dict(
-        compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-node"),
         image_id=dict(type="str"),
         subnet_id=dict(type="str"),

@@ -24,10 +24,6 @@ description:
   is not switched (OCI would not replace running nodes); switching images is oci_rollout's job. Without instance_configuration_id
   it only looks the pool up.
 options:
-  compartment_id:
-    type: str
-    description: Compartment OCID.
-    required: true
   name:
     type: str
     description: Display name.
@@ -162,7 +158,6 @@ def placement_ad(o, comp, config_id, wanted):
 
 def main():
     mod = OciModule(dict(
-        compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-pool"),
         instance_configuration_id=dict(type="str"),
         subnet_id=dict(type="str"),

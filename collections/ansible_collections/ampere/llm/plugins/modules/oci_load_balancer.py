@@ -24,10 +24,6 @@ description:
   certificate from OCI's Certificates service (by OCID) or an uploaded PEM, and (redirect_http) a rule set that answers
   the HTTP listener with a 301 to the same URL over HTTPS, so no API key travels in clear after the first request.
 options:
-  compartment_id:
-    type: str
-    description: Compartment OCID.
-    required: true
   name:
     type: str
     description: Display name.
@@ -159,7 +155,6 @@ from ansible_collections.ampere.llm.plugins.module_utils.oci_common import lb_mo
 
 def main():
     mod = OciModule(dict(
-        compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm-lb"),
         subnet_ids=dict(type="list", elements="str"),
         state=STATE,

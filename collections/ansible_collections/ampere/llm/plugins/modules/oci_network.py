@@ -16,10 +16,6 @@ description:
   subnet, and SSH only from admin_cidr.
 - Idempotent by display name (<name>-vcn, <name>-lb, <name>-nodes, ...); security rules that drifted are put back.
 options:
-  compartment_id:
-    type: str
-    description: Compartment OCID.
-    required: true
   name:
     type: str
     description: Prefix of every resource's display name.
@@ -114,7 +110,6 @@ def tcp_in(source, port):
 
 def main():
     mod = OciModule(dict(
-        compartment_id=dict(type="str", required=True),
         name=dict(type="str", default="ampere-llm"),
         vcn_cidr=dict(type="str", default="10.0.0.0/16"),
         lb_subnet_cidr=dict(type="str", default="10.0.0.0/24"),

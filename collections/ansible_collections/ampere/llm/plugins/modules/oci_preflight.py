@@ -28,10 +28,6 @@ description:
   in this compartment or the tenancy; otherwise every node's post is refused and the pool never scales on demand.
 - Changes nothing; check mode runs the same reads.
 options:
-  compartment_id:
-    type: str
-    description: Compartment OCID.
-    required: true
   shape:
     type: str
     description: The nodes' shape.
@@ -143,7 +139,6 @@ def grants_nodes_metrics(statements, compartment_id, compartment_name):
 
 def main():
     mod = OciModule(dict(
-        compartment_id=dict(type="str", required=True),
         shape=dict(type="str", default="VM.Standard.A2.Flex"),
         ocpus=dict(type="float", default=2),
         availability_domain=dict(type="str"),

@@ -27,10 +27,6 @@ description:
   nothing.
 - Check mode reports the plan (which nodes, in which batches) and touches nothing.
 options:
-  compartment_id:
-    type: str
-    description: Compartment OCID.
-    required: true
   instance_pool_id:
     type: str
     description: Pool OCID.
@@ -115,7 +111,6 @@ from ansible_collections.ampere.llm.plugins.module_utils.rollout import Rollout,
 
 def main():
     mod = OciModule(dict(
-        compartment_id=dict(type="str", required=True),
         instance_pool_id=dict(type="str", required=True),
         instance_configuration_id=dict(type="str", required=True),
         load_balancer_id=dict(type="str", required=True),
