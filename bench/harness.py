@@ -295,15 +295,20 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, ge
     return result
 
 
-def llama_bench_tg(bin_dir: Path, model: Path, threads: int, gen_tokens: int, flash_attn: str = "on") -> float:
-    """One llama-bench tg<gen_tokens> run, tok/s: taken between the servers' single-stream rounds,
-    so the reference sees the same neighbours as they do."""
+def llama_bench_tg(bin_dir: Path, model: Path, threads: int, gen_tokens: int, depth: int = 0,
+                   flash_attn: str = "on") -> dict[int, float]:
+    """One llama-bench tg<gen_tokens> run at depth 0 (the usual tg) and at `depth` (the KV cache
+    holding that many tokens first, as a request's prompt does: each token attends to them), tok/s
+    by depth. Taken between the servers' single-stream rounds, so the reference sees the same
+    neighbours as they do."""
+    depths = sorted({0, depth})
     cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", str(threads), "-p", "0",
-           "-n", str(gen_tokens), "-r", "1", "-fa", flash_attn, "-o", "json"]
+           "-n", str(gen_tokens), "-d", ",".join(map(str, depths)), "-r", "1", "-fa", flash_attn,
+           "-o", "json"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BenchError(f"llama-bench failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)[0]["avg_ts"]
+    return {t.get("n_depth", 0): t["avg_ts"] for t in json.loads(proc.stdout)}
 
 
 def batched_bench(bin_dir: Path, model: Path, threads: int, prompt_tokens: int, gen_tokens: int,

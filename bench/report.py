@@ -35,7 +35,11 @@ def single(results: dict) -> dict:
     # llama-bench tg run between the single-stream rounds (same neighbours) when there is one
     alternating = row.get("llama_bench_tg")
     tg = median(alternating) if alternating else results["llama_bench"]["tg"]["tps"]
+    # and at the depth the requests decode at (their prompt in the KV cache), when measured
+    at_depth = row.get("llama_bench_tg_depth")
     return {LS: pick(LS), OURS: pick(OURS), "llama_bench_tg": tg,
+            "llama_bench_tg_depth": median(at_depth) if at_depth else None,
+            "llama_bench_depth": row.get("llama_bench_depth"),
             "llama_bench_pp": results["llama_bench"]["pp"]["tps"]}
 
 
@@ -58,6 +62,8 @@ def evaluate(results: dict) -> tuple[dict, list[dict]]:
         "ttft_median_vs_llama_server": _ratio(ttft(ours, "median"), ttft(ls, "median")),
         "ttft_p95_vs_llama_server": _ratio(ttft(ours, "p95"), ttft(ls, "p95")),
         "llama_server_decode_vs_llama_bench_tg": _ratio(ls.get("decode_tps"), s["llama_bench_tg"]),
+        "decode_vs_llama_bench_tg_at_depth": _ratio(ours.get("decode_tps"), s["llama_bench_tg_depth"]),
+        "llama_server_decode_vs_llama_bench_tg_at_depth": _ratio(ls.get("decode_tps"), s["llama_bench_tg_depth"]),
     }, "concurrency": {}, "scaling": {}}
     goals = [
         _goal("single stream: decode ours / llama-bench tg", ratios["single"]["decode_vs_llama_bench_tg"], ">=",
@@ -224,6 +230,10 @@ def markdown(results: dict) -> str:
               f"| llama-bench | {_fmt(s['llama_bench_tg'])} (tg{lb['tg']['tokens']}"
               f"{', median of the runs between the rounds' if _alternating(results) else ''}) | "
               f"{_fmt(c['prompt_tokens'] / lb['pp']['tps'] * 1e3)} (pp{lb['pp']['tokens']} alone) | |"]
+    if s["llama_bench_tg_depth"]:
+        lines.append(f"| llama-bench at depth {s['llama_bench_depth']} | {_fmt(s['llama_bench_tg_depth'])} "
+                     f"(tg{lb['tg']['tokens']} after {s['llama_bench_depth']} tokens in the cache, as a request's "
+                     f"decode follows its prompt) | | |")
     for who in (LS, OURS):
         if s[who]:
             lines.append(f"| {who} | {_fmt(s[who]['decode_tps'])} | {_fmt(s[who]['ttft_ms']['median'])} | "

@@ -128,9 +128,13 @@ async def measure_level(n: int, cfg: dict, servers: list, prompts, tg_probe=None
             batch = prompts(n)            # the same prompts for both servers in a round
             order = servers if r % 2 == 0 else servers[::-1]
             if tg_probe is not None:
-                tps = await asyncio.to_thread(tg_probe)
-                row.setdefault("llama_bench_tg", []).append(tps)
-                say(f"    N={n} {'llama-bench':12} {r + 1:>2}/{rounds}: tg{cfg['max_tokens']} {tps:7.1f} tok/s")
+                by_depth = await asyncio.to_thread(tg_probe)
+                row.setdefault("llama_bench_tg", []).append(by_depth[0])
+                depth = max(by_depth)
+                row.setdefault("llama_bench_tg_depth", []).append(by_depth[depth])
+                row["llama_bench_depth"] = depth
+                say(f"    N={n} {'llama-bench':12} {r + 1:>2}/{rounds}: tg{cfg['max_tokens']} {by_depth[0]:7.1f} "
+                    f"tok/s, at depth {depth} {by_depth[depth]:7.1f} tok/s")
             for s in order:
                 before = await s.step_counters() if isinstance(s, OursServer) else None
                 samples, wall = await harness.run_round(s, batch, cfg["max_tokens"])
@@ -247,7 +251,8 @@ async def main_async(args) -> Path:
             say(f"==> {n} concurrent stream{'s' * (n > 1)}: "
                 + " vs ".join(f"{s.label} ({s.slots} slots)" for s in servers)
                 + f", {rounds} round{'s' * (rounds > 1)} each")
-            probe = (lambda: harness.llama_bench_tg(bin_dir, model, threads, cfg["max_tokens"])) if n == 1 else None
+            probe = (lambda: harness.llama_bench_tg(bin_dir, model, threads, cfg["max_tokens"],
+                                                    depth=cfg["prompt_tokens"])) if n == 1 else None
             try:
                 results["concurrency"].append(await measure_level(n, cfg, servers, prompts, probe))
             finally:

@@ -60,8 +60,13 @@ def check_run(res: dict) -> None:
     # llama-bench tg took its turn between the single-stream rounds: the reference saw the same box
     level1 = res["concurrency"][0]
     assert len(level1["llama_bench_tg"]) == len(level1["ours"]["rounds"]) and min(level1["llama_bench_tg"]) > 0
+    # and at the depth a request decodes at (its prompt in the cache first)
+    assert level1["llama_bench_depth"] == res["config"]["prompt_tokens"]
+    at_depth = level1["llama_bench_tg_depth"]
+    assert len(at_depth) == len(level1["llama_bench_tg"]) and min(at_depth) > 0
     assert set(res["ratios"]["single"]) >= {"decode_vs_llama_bench_tg", "decode_vs_llama_server",
-                                            "ttft_median_vs_llama_server"}
+                                            "ttft_median_vs_llama_server", "decode_vs_llama_bench_tg_at_depth"}
+    assert res["ratios"]["single"]["decode_vs_llama_bench_tg_at_depth"] > 0
     assert "ours_8_vs_1" in res["ratios"]["scaling"]
     # llama.cpp's bare batched decode, the ceiling the scaling goal is read against
     bare = res["llama_batched_bench"]["levels"]
@@ -76,4 +81,4 @@ def check_run(res: dict) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     md = Path(res["files"]["md"]).read_text()
     assert "## Goals" in md and "## Concurrent streams" in md and "## Where ours' decode step goes" in md
-    assert "each server on its own defaults" in md
+    assert "each server on its own defaults" in md and "llama-bench at depth" in md
