@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -242,14 +243,25 @@ def test_serving_is_untouched_when_posting_fails(standin, oci_key, tmp_path, imd
     no `use metrics` (404). Both log and keep going; every request is served."""
     server = run_server(tiny_model, "--parallel", "2")
     standin.denied = {"metrics"}
+    expected = {"down": "cannot reach OCI Monitoring", "denied": "OCI refused the metrics: 404 NotAuthorizedOrNotFound"}
     procs = []
     for name, endpoint in (("down", "http://127.0.0.1:9"), ("denied", standin.url)):
         (tmp_path / name).mkdir()
         cfg = publisher_config(tmp_path / name, oci_key, endpoint, imds, server.url + "/metrics")
-        procs.append((name, subprocess.Popen([sys.executable, str(PUBLISHER), "--config", str(cfg)],
-                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                             env={**os.environ, "PYTHONUNBUFFERED": "1"})))
+        with open(tmp_path / name / "log", "w") as out:
+            procs.append((name, subprocess.Popen([sys.executable, str(PUBLISHER), "--config", str(cfg)],
+                                                 stdout=out, stderr=subprocess.STDOUT, text=True,
+                                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})))
+
+    def logs() -> dict[str, str]:
+        return {name: (tmp_path / name / "log").read_text() for name, _ in procs}
     try:
+        # Both publishers have tried and failed (their start, the oci SDK's import, can take
+        # seconds on a busy box); they go on failing every half second while the node serves.
+        deadline = time.monotonic() + 60
+        while not all(expected[name] in text for name, text in logs().items()):
+            assert time.monotonic() < deadline, logs()
+            time.sleep(0.2)
         statuses = []
         for i in range(8):
             req = urllib.request.Request(server.url + "/generate", method="POST",
@@ -260,16 +272,13 @@ def test_serving_is_untouched_when_posting_fails(standin, oci_key, tmp_path, imd
                 statuses.append(r.status)
         assert statuses == [200] * 8
         assert server.get("/readyz")[0] == 200
+        assert all(p.poll() is None for _, p in procs), logs()  # still running: never gave up
     finally:
-        logs = {}
-        for name, p in procs:
+        for _, p in procs:
             p.terminate()
-            logs[name] = p.communicate(timeout=10)[0]
-    assert all(p.returncode == -15 for _, p in procs), logs  # still running when stopped: never gave up
-    assert "cannot reach OCI Monitoring" in logs["down"], logs["down"]
-    assert "OCI refused the metrics: 404 NotAuthorizedOrNotFound" in logs["denied"], logs["denied"]
-    assert "use metrics" in logs["denied"]
-    print(logs)
+            p.wait(timeout=10)
+    assert "use metrics" in logs()["denied"]
+    print(logs())
 
 
 def test_ttft_median_from_histogram_deltas():
