@@ -25,12 +25,14 @@ Why these choices:
   sequences in the ubatch, so a near-tie greedy token can depend on the batch's company;
   `flash_attn=False` (--flash-attn off) keeps greedy output independent of it, at the cost the
   bench measures (docs/bench/README.md).
-- Hand-off off the critical path: events go to a courier thread through a SimpleQueue (no
-  system call, no GIL release), which calls each job's `emit`. The caller's emit wakes the event
-  loop (a write to its self-pipe), and the loop then wants the GIL for its SSE writes; done here,
-  that cost the decode thread ~0.6 ms a token on the bench, waiting for the loop; done by the
-  courier, it happens while llama_decode runs with the GIL released. One courier keeps every
-  job's events in order.
+- Hand-off off the critical path: a step's events are collected and go, in one SimpleQueue put
+  just before the next llama_decode (or when the engine goes idle), to a courier thread, which
+  calls each job's `emit`. The caller's emit wakes the event loop (a write to its self-pipe), and
+  the loop then wants the GIL for its SSE writes; done on this thread, that cost ~0.6 ms a token
+  on the bench, waiting for the loop; woken per token, the courier took the GIL between one
+  sequence's sampling and the next (sampling 4 sequences cost ~2x sampling them with the courier
+  asleep). Woken once as llama_decode releases the GIL, it does all of it while the decode runs.
+  One courier keeps every job's events in order.
 - Step accounting: every part of a step on this thread (scheduling, building the batch,
   llama_decode, sampling, detokenising with the stop-string check, handing events to the caller)
   is summed in `step_seconds` with perf_counter (~0.1 us a reading), for /metrics and the bench.
@@ -207,6 +209,7 @@ class BatchEngine:
             loaded.set_exception(e)
             return
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: list = []
         courier = threading.Thread(target=self._courier, name="llama-courier", daemon=True)
         courier.start()
         loaded.set_result(None)
@@ -224,6 +227,7 @@ class BatchEngine:
                     self._finish(slot, "cancelled")
             for job in self._waiting:
                 self._send(job, Done("cancelled", len(job.prompt_tokens), 0))
+            self._deliver()
             self._outbox.put(None)
             courier.join(timeout=30)
             llama_cpp.llama_batch_free(self._batch)
@@ -232,20 +236,28 @@ class BatchEngine:
 
     # --- hand-off ----------------------------------------------------------------------------
     def _send(self, job: Job, event) -> None:
-        self._outbox.put((job.emit, event))
+        self._pending.append((job.emit, event))
+
+    def _deliver(self) -> None:
+        """Hand the events collected since the last call to the courier, in one put."""
+        if self._pending:
+            self._outbox.put(self._pending)
+            self._pending = []
 
     def _courier(self) -> None:
-        while (item := self._outbox.get()) is not None:
-            emit, event = item
-            try:
-                emit(event)
-            except Exception:  # a receiver's bug must not stop everyone's events
-                log.exception("delivering an engine event failed")
+        while (events := self._outbox.get()) is not None:
+            for emit, event in events:
+                try:
+                    emit(event)
+                except Exception:  # a receiver's bug must not stop everyone's events
+                    log.exception("delivering an engine event failed")
 
     # --- the step loop (worker thread) ------------------------------------------------------
     def _loop(self) -> None:
         while True:
             idle = self._busy == 0 and not self._waiting
+            if idle:  # no decode is coming to deliver the last events with
+                self._deliver()
             try:  # block only when there is nothing to do
                 while True:
                     job = self._inbox.get(block=idle)
@@ -353,9 +365,12 @@ class BatchEngine:
         batch.n_tokens = n
         t1 = clock()
         spent["batch"] += t1 - t0
+        self._deliver()                 # the courier runs while llama_decode releases the GIL
+        t1b = clock()
+        spent["handoff"] += t1b - t1
         rc = llama_cpp.llama_decode(self._ctx, batch)
         t2 = clock()
-        spent["prefill" if any(chunk.values()) else "decode"] += t2 - t1
+        spent["prefill" if any(chunk.values()) else "decode"] += t2 - t1b
         self.steps += 1
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
