@@ -27,6 +27,8 @@ def test_precedence_cli_over_env_over_file_over_defaults(tmp_path):
     assert (c.model, c.port, c.max_queue, c.ctx) == ("/m.gguf", 9001, 5, 512)
     assert c.host == "127.0.0.1" and c.parallel == 4 and c.flash_attn == "on"
     assert load_config(["--model", "m", "--flash-attn", "off"], {}).flash_attn == "off"
+    assert (c.batch, c.prefill_chunk) == (512, 256)
+    assert load_config(["--model", "m", "--prefill-chunk", "512"], {}).prefill_chunk == 512
     assert c.threads == len(os.sched_getaffinity(0)) >= 1  # the cores this process may use
 
 
@@ -37,6 +39,7 @@ def test_precedence_cli_over_env_over_file_over_defaults(tmp_path):
     (["--model", "m"], {"AMPERE_LLM_THREADS": "0"}, None, "--threads 0 is out of range"),
     (["--model", "m", "--log-level", "loud"], {}, None, "--log-level 'loud'"),
     (["--model", "m"], {"AMPERE_LLM_FLASH_ATTN": "yes"}, None, "--flash-attn 'yes': use one of off, on"),
+    (["--model", "m"], {"AMPERE_LLM_PREFILL_CHUNK": "4"}, None, "--prefill-chunk 4 is out of range"),
     (["--model", "m", "--bogus", "1"], {}, None, "unrecognized arguments: --bogus"),
     (["--model", "m"], {}, "max_queue = 3\nmax_queu = 4\n", "unknown key 'max_queu'"),
     (["--model", "m"], {}, "ctx = \"big\"\n", "ctx from"),

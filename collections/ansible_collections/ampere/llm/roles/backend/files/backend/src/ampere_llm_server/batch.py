@@ -99,7 +99,7 @@ class _Slot:
 
 class BatchEngine:
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int, slots: int, n_threads: int,
-                 n_batch: int = 512, prefill_chunk: int = 128, flash_attn: bool = True,
+                 n_batch: int = 512, prefill_chunk: int = 256, flash_attn: bool = True,
                  memory_available: Callable[[], int] | None = None) -> None:
         """Blocks until the model is loaded (call it off the event loop); raises ConfigError when
         the settings cannot work, before allocating the KV cache."""

@@ -58,6 +58,8 @@ class Config:
     log_level: str = "info"
     heartbeat_interval: float = 10.0
     flash_attn: str = "on"
+    batch: int = 512
+    prefill_chunk: int = 256
     # Derived, not options:
     api_key: str = field(default="", metadata={"derived": True})
     started: float = field(default_factory=time.time, metadata={"derived": True})
@@ -83,11 +85,15 @@ HELP = {
     "flash_attn": "on | off: llama.cpp's flash-attention kernel (default on: the faster here, as "
                   "llama-server's default; off: a greedy answer is the same alone and beside other "
                   "streams, for a few per cent of speed, see make bench)",
+    "batch": "most tokens one llama_decode takes (llama.cpp's n_batch and n_ubatch; default 512)",
+    "prefill_chunk": "most prompt tokens read in a step while other streams generate: a longer "
+                     "prompt is read over several steps so theirs keep pace (default 256)",
 }
 # (minimum, maximum) of each number
 LIMITS = {"port": (1, 65535), "threads": (1, 1024), "ctx": (64, 1 << 20), "parallel": (1, 256),
           "max_queue": (0, 100_000), "drain_timeout": (0, 86_400),
-          "max_body_bytes": (1024, 1 << 30), "heartbeat_interval": (0.05, 3600)}
+          "max_body_bytes": (1024, 1 << 30), "heartbeat_interval": (0.05, 3600),
+          "batch": (16, 65_536), "prefill_chunk": (8, 65_536)}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FLASH_ATTN = ("off", "on")
 
@@ -198,6 +204,7 @@ def engine_factory(config: Config) -> Callable[[Config], Any]:
         raise ConfigError(f"cannot load llama.cpp for llama-cpp-python from {where}: {e}") from None
     # One engine for every --parallel (1 is one slot): the same sampler and code path everywhere.
     return lambda c: BatchEngine(c.model, n_ctx=c.ctx, n_threads=c.threads, slots=c.parallel,
+                                 n_batch=c.batch, prefill_chunk=c.prefill_chunk,
                                  flash_attn=c.flash_attn == "on")
 
 
