@@ -85,6 +85,10 @@ class Server:
     async def read_slots(self, session: aiohttp.ClientSession) -> int | None:
         return None
 
+    async def count_tokens(self, session: aiohttp.ClientSession, text: str) -> int:
+        """How many prompt tokens the server makes of `text`."""
+        raise NotImplementedError
+
     async def start(self, timeout: float = 180) -> Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
@@ -173,6 +177,10 @@ class LlamaServer(Server):
                     "--no-kv-unified"]
         return cmd
 
+    async def count_tokens(self, session: aiohttp.ClientSession, text: str) -> int:
+        async with session.post(self.url + "/tokenize", json={"content": text}) as r:
+            return len((await r.json())["tokens"])
+
     async def read_slots(self, session: aiohttp.ClientSession) -> int | None:
         async with session.get(self.url + "/props") as r:
             return (await r.json()).get("total_slots") if r.status == 200 else None
@@ -208,6 +216,14 @@ class OursServer(Server):
 
     async def read_slots(self, session: aiohttp.ClientSession) -> int | None:
         return int((await self.metrics(session)).get(("ampere_llm_slots_total", ()), 0)) or None
+
+    async def count_tokens(self, session: aiohttp.ClientSession, text: str) -> int:
+        # no tokenize route: the prompt tokens a one-token generation reports
+        body = {"prompt": text, "max_tokens": 1, "stream": False, **GREEDY}
+        async with session.post(self.url + "/generate", json=body) as r:
+            if r.status != 200:
+                raise BenchError(f"{self.label} answered {r.status}: {(await r.text())[:300]}")
+            return int((await r.json())["usage"]["prompt_tokens"])
 
     async def metrics(self, session: aiohttp.ClientSession) -> dict:
         """{(sample name, labels as sorted tuple): value} from /metrics."""
@@ -250,12 +266,13 @@ def counting_prompts(count: int, target_tokens: int, tokens_per_number: float, s
     return [", ".join(str(s + i) for i in range(n)) + "," for s in starts]
 
 
-async def tokens_per_number(server: LlamaServer) -> float:
-    """How many tokens one ', 12345' costs with this model's tokenizer (llama-server's /tokenize)."""
-    text = ", ".join(str(10_000 + i) for i in range(50))
+async def tokens_per_number(server: Server) -> float:
+    """How many tokens one ', 12345' costs with this model's tokenizer: the difference between 100
+    and 50 numbers, so what a server adds to every prompt (BOS, a template) cancels out."""
     async with aiohttp.ClientSession() as session:
-        async with session.post(server.url + "/tokenize", json={"content": text}) as r:
-            return len((await r.json())["tokens"]) / 50
+        counts = [await server.count_tokens(session, ", ".join(str(10_000 + i) for i in range(k)))
+                  for k in (50, 100)]
+    return (counts[1] - counts[0]) / 50
 
 
 async def run_round(server: Server, prompts: list[str], max_tokens: int) -> tuple[list[Sample], float]:

@@ -16,8 +16,11 @@ Writes <out>/<stamp>-<model>-<defaults|matched>.{json,md,png} and prints the rat
 3. Opt-in (--pool, or --pool-only): bench/pool_bench.py, tokens/s through the local pool's HAProxy
    with 1 and 2 nodes and the cost per million tokens at OCI's prices.
 
+4. Opt-in (--sweep, instead of 1-2): bench/sweep.py, ours alone at each of its own settings
+   (--threads, --flash-attn), to say which is fastest on this node against the service's defaults.
+
 Usage: bench/run.py [--model smollm2|gemma3|tiny|PATH] [--threads N] [--quick] [--matched] [--rounds N]
-                    [--levels N...] [--out DIR] [--pool|--pool-only]
+                    [--levels N...] [--out DIR] [--sweep] [--pool|--pool-only]
 Needs AMPERE_LLM_LLAMA_BIN (llama-server, llama-bench, llama-batched-bench) and LLAMA_CPP_LIB_PATH:
 `make bench` sets both.
 """
@@ -113,10 +116,21 @@ def breakdown(rounds: list[dict]) -> dict | None:
             "tokens_per_step": sum(s["tokens"] for r in rounds for s in r["samples"]) / steps}
 
 
+async def probe_tg(row: dict, tg_probe, n: int, r: int, rounds: int, cfg: dict) -> None:
+    by_depth = await asyncio.to_thread(tg_probe)
+    row.setdefault("llama_bench_tg", []).append(by_depth[0])
+    depth = max(by_depth)
+    row.setdefault("llama_bench_tg_depth", []).append(by_depth[depth])
+    row["llama_bench_depth"] = depth
+    say(f"    N={n} {'llama-bench':12} {r + 1:>2}/{rounds}: tg{cfg['max_tokens']} {by_depth[0]:7.1f} "
+        f"tok/s, at depth {depth} {by_depth[depth]:7.1f} tok/s")
+
+
 async def measure_level(n: int, cfg: dict, servers: list, prompts, tg_probe=None) -> dict:
-    """One level: rounds alternating between the servers; at 1 stream `tg_probe` (llama-bench tg,
-    one run) takes its turn in the rotation too, so the decode reference shares the servers'
-    neighbours."""
+    """One level: rounds alternating between the servers (A B, B A, ...), so each round's two runs
+    are neighbours and every ratio is a median of per-round pairs (report.evaluate). At 1 stream
+    `tg_probe` (llama-bench tg, one run) runs between the two servers' runs of each round, so the
+    decode reference shares both servers' neighbours and pairs with each."""
     row: dict = {"streams": n, "slots": {s.label: s.slots for s in servers},
                  "commands": {s.label: " ".join(s.command()) for s in servers}}
     try:
@@ -127,15 +141,10 @@ async def measure_level(n: int, cfg: dict, servers: list, prompts, tg_probe=None
         for r in range(rounds):
             batch = prompts(n)            # the same prompts for both servers in a round
             order = servers if r % 2 == 0 else servers[::-1]
-            if tg_probe is not None:
-                by_depth = await asyncio.to_thread(tg_probe)
-                row.setdefault("llama_bench_tg", []).append(by_depth[0])
-                depth = max(by_depth)
-                row.setdefault("llama_bench_tg_depth", []).append(by_depth[depth])
-                row["llama_bench_depth"] = depth
-                say(f"    N={n} {'llama-bench':12} {r + 1:>2}/{rounds}: tg{cfg['max_tokens']} {by_depth[0]:7.1f} "
-                    f"tok/s, at depth {depth} {by_depth[depth]:7.1f} tok/s")
-            for s in order:
+            for i, s in enumerate(order):
+                if i == 1 and tg_probe is not None:
+                    # between the two servers' runs: adjacent to both, so each pairs with it
+                    await probe_tg(row, tg_probe, n, r, rounds, cfg)
                 before = await s.step_counters() if isinstance(s, OursServer) else None
                 samples, wall = await harness.run_round(s, batch, cfg["max_tokens"])
                 rec = {"wall_s": wall, "samples": [dict(vars(x), decode_tps=x.decode_tps) for x in samples]}
@@ -300,13 +309,21 @@ def main(argv=None) -> int:
                    help="both servers at --parallel N for N streams, the same per-slot context and "
                         "flash attention on, instead of each on its own defaults")
     p.add_argument("--out", default=str(HERE / "results"), help="where results go (default bench/results)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead of the comparison: ours alone at each --threads (1 .. the usable cores) and "
+                        "--flash-attn setting, single-stream decode, TTFT and aggregate at 4 streams against "
+                        "the service's defaults (bench/sweep.py; ~10 min on a 2-core box, seconds with --quick)")
     p.add_argument("--pool", action="store_true",
                    help="also: tokens/s through the local pool's HAProxy with 1 and 2 nodes, and $ per "
                         "million tokens at OCI prices (bench/pool_bench.py; boots a seed and nodes: minutes)")
     p.add_argument("--pool-only", action="store_true", help="only the --pool part")
     args = p.parse_args(argv)
     try:
-        if not args.pool_only:
+        if args.sweep:
+            import sweep
+            versions_ = versions(Path(os.environ.get("AMPERE_LLM_LLAMA_BIN", "")))
+            asyncio.run(sweep.main_async(args, resolve_model(args.model), versions_, say))
+        elif not args.pool_only:
             asyncio.run(main_async(args))
         if args.pool or args.pool_only:
             import pool_bench  # only here: it needs root, haproxy and systemd-nspawn

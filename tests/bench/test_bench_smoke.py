@@ -22,6 +22,7 @@ def test_quick_bench_writes_every_figure(tiny_model: Path, tmp_path: Path) -> No
                          env=os.environ.copy())
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "==> goals" in run.stdout and "N=8 ours" in run.stdout      # progress and verdicts shown
+    assert "median of paired rounds" in run.stdout and "min-max of 3 pairs" in run.stdout   # spreads shown
 
     (jpath,) = tmp_path.glob("*.json")
     assert jpath.name.endswith("-defaults.json"), jpath.name
@@ -67,6 +68,21 @@ def check_run(res: dict) -> None:
     assert set(res["ratios"]["single"]) >= {"decode_vs_llama_bench_tg", "decode_vs_llama_server",
                                             "ttft_median_vs_llama_server", "decode_vs_llama_bench_tg_at_depth"}
     assert res["ratios"]["single"]["decode_vs_llama_bench_tg_at_depth"] > 0
+    # every ours / other ratio is the median of per-round pairs, with their spread beside it
+    spreads = res["ratios"]["spreads"]
+    for key, other, ref in (("decode_vs_llama_server", "llama-server", None),
+                            ("decode_vs_llama_bench_tg", None, "llama_bench_tg"),
+                            ("decode_vs_llama_bench_tg_at_depth", None, "llama_bench_tg_depth")):
+        theirs = level1[ref] if ref else [r["samples"][0]["decode_tps"] for r in level1[other]["rounds"]]
+        ours = [r["samples"][0]["decode_tps"] for r in level1["ours"]["rounds"]]
+        assert spreads["single"][key]["pairs"] == [a / b for a, b in zip(ours, theirs)], key
+        assert res["ratios"]["single"][key] == spreads["single"][key]["median"]
+    for row in res["concurrency"]:
+        sp = spreads["concurrency"][str(row["streams"])]["aggregate_vs_llama_server"]
+        assert len(sp["pairs"]) == len(row["ours"]["rounds"]) and sp["lo"] <= sp["median"] <= sp["hi"]
+    for g in res["goals"][:-1]:               # all but the scaling goal (levels are not neighbours)
+        assert g["spread"]["n"] >= 1 and g["spread"]["kind"] == "min-max", g
+    assert res["goals"][-1]["spread"] is None
     assert "ours_8_vs_1" in res["ratios"]["scaling"]
     # llama.cpp's bare batched decode, the ceiling the scaling goal is read against
     bare = res["llama_batched_bench"]["levels"]
@@ -81,4 +97,5 @@ def check_run(res: dict) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     md = Path(res["files"]["md"]).read_text()
     assert "## Goals" in md and "## Concurrent streams" in md and "## Where ours' decode step goes" in md
+    assert "| goal | value | spread of the paired rounds | target | verdict |" in md
     assert "each server on its own defaults" in md and "llama-bench at depth" in md
