@@ -457,7 +457,7 @@ def plot(results: dict, path: Path) -> None:
              (f"{g['spread']['lo']:.2f}-{g['spread']['hi']:.2f}" if g.get("spread") else "—"), g["target"],
              mark[g["met"]] + ("*" if g.get("note") else "")] for g in results["goals"]]
     table = ax.table(cellText=rows, colLabels=["goal", "median", "spread", "target", "met"],
-                     loc="upper center", colWidths=[0.56, 0.1, 0.14, 0.12, 0.07], cellLoc="left")
+                     bbox=[-0.08, 0.3, 1.16, 0.66], colWidths=[0.58, 0.09, 0.16, 0.1, 0.05], cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1, 1.35)
