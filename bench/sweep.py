@@ -230,6 +230,8 @@ def verdict(m: str, f: dict) -> str:
     if f["default"]:
         return f"{what}: the defaults are fastest ({report._fmt(f['median'])})"
     sp = f["vs_default"]
+    if not sp:
+        return f"{what}: not measured"
     how = ("clearly (every paired round agrees)" if len(sp["pairs"]) < 5 else "clearly (the interquartile "
            "range of the paired rounds agrees)") if f["clear"] else report.WITHIN_SPREAD
     return (f"{what}: {f['setting']} {report._fmt(f['median'])} vs the defaults' "
