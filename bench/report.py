@@ -104,7 +104,7 @@ def evaluate(results: dict) -> tuple[dict, list[dict]]:
     """(ratios, goals): every goal of issue 18 (and 7's scaling) with its measured value and
     whether it is met. Every ours / llama-server and ours / llama-bench tg ratio is the median of
     paired ratios (each round of ours over the other's adjacent round), with their spread in
-    results["spreads"] and on each goal; the verdict stays median against target."""
+    ratios["spreads"] and on each goal; the verdict stays median against target."""
     s = single(results)
     ours, ls = s[OURS] or {}, s[LS] or {}
     row1 = _level(results, 1) or {}
@@ -346,7 +346,7 @@ def markdown(results: dict) -> str:
                      f"{g['target']} | {_verdict(g)}{' (' + g['note'] + ')' if g.get('note') else ''} |")
     lines += ["", "## Single stream", "", "| | decode tok/s | TTFT median ms | TTFT p95 ms |", "|---|---|---|---|",
               f"| llama-bench | {_fmt(s['llama_bench_tg'])} (tg{lb['tg']['tokens']}"
-              f"{', median of the runs between the rounds' if _alternating(results) else ''}) | "
+              f"{', median of the runs taken between the two servers' if _alternating(results) else ''}) | "
               f"{_fmt(c['prompt_tokens'] / lb['pp']['tps'] * 1e3)} (pp{lb['pp']['tokens']} alone) | |"]
     if s["llama_bench_tg_depth"]:
         lines.append(f"| llama-bench at depth {s['llama_bench_depth']} | {_fmt(s['llama_bench_tg_depth'])} "
