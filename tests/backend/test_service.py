@@ -342,3 +342,24 @@ async def test_openai_stream_survives_heartbeats(make_client):
     assert "".join(c.choices[0].text for c in chunks)
     assert (await sse_events(holder))[-1][0] == "done"  # the holder ran to its end meanwhile
     await oa.close()
+
+
+async def test_metrics_say_where_a_streamed_token_spends_its_time(make_client):
+    """The engine thread's parts of a step and the event loop's share (taking events, SSE writes)
+    grow with a streamed request: what `make bench` reads for its breakdown."""
+    client = await make_client()
+    before = await metrics_of(client)
+    resp = await client.post("/generate", json={"prompt": "Hello", "max_tokens": 8,
+                                                "temperature": 0})
+    events = await sse_events(resp)
+    assert sum(1 for name, data in events if isinstance(data, dict) and "token" in data) >= 1
+    after = await metrics_of(client)
+    for part in ("deliver", "sse"):
+        label = f'{{part="{part}"}}'
+        assert (metric(after, "ampere_llm_event_loop_seconds_total", label)
+                > metric(before, "ampere_llm_event_loop_seconds_total", label))
+    for part in ("decode", "sample", "handoff"):
+        label = f'{{part="{part}"}}'
+        assert (metric(after, "ampere_llm_engine_step_seconds_total", label)
+                > metric(before, "ampere_llm_engine_step_seconds_total", label))
+    assert metric(after, "ampere_llm_engine_steps_total") > metric(before, "ampere_llm_engine_steps_total")

@@ -15,6 +15,9 @@ TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
 # Sequences sharing one llama_decode: 1 .. --parallel (at most 256 in llama.cpp).
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+# Event-loop work per engine event: "deliver" takes it from the engine (timings, metrics, the
+# request's queue), "sse" formats a token and writes it to the client's stream.
+LOOP_PARTS = ("deliver", "sse")
 
 
 class Metrics:
@@ -47,6 +50,10 @@ class Metrics:
                               "(queue + prefill)", buckets=TTFT_BUCKETS, registry=r)
         self.itl = Histogram(P + "inter_token_latency_seconds", "Time between streamed tokens",
                              buckets=ITL_BUCKETS, registry=r)
+        # The event loop's share of streaming, beside the engine thread's steps: plain floats
+        # added per token (a labelled Counter's lock would cost more than what it measures).
+        self.loop_seconds = dict.fromkeys(LOOP_PARTS, 0.0)
+        r.register(_LoopSeconds(self.loop_seconds))
 
     def watch_engine(self, engine) -> None:
         """Expose the engine's own step accounting (BatchEngine.step_seconds and .steps), read at
@@ -76,3 +83,18 @@ class _EngineSteps:
         yield parts
         yield CounterMetricFamily(P + "engine_steps", "Decode steps (llama_decode calls)",
                                   value=self.engine.steps)
+
+
+class _LoopSeconds:
+    """`event_loop_seconds_total{part}`: the event loop's time on engine events (LOOP_PARTS)."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+
+    def collect(self):
+        parts = CounterMetricFamily(P + "event_loop_seconds", "Seconds the event loop spent on "
+                                    "engine events: taking them (deliver) and streaming tokens "
+                                    "to clients (sse)", labels=["part"])
+        for part, seconds in list(self.seconds.items()):
+            parts.add_metric([part], seconds)
+        yield parts

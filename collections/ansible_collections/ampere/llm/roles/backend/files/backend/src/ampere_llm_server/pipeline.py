@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -247,8 +248,12 @@ async def respond(request: web.Request, prep: Prepared, wire: Wire,
 
     resp = await _open_sse(request, ticket, wire.opening())
 
+    spent = request.app[METRICS].loop_seconds
+
     async def send(text: str) -> None:
+        t0 = time.perf_counter()
         await resp.write(wire.token(text))
+        spent["sse"] += time.perf_counter() - t0
 
     end = await _run(request, ticket, resp, send)
     if end is None:

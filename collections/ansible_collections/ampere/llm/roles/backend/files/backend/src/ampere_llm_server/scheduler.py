@@ -206,6 +206,13 @@ class Scheduler:
         self.engine.submit(ticket.job)
 
     def _on_event(self, ticket: Ticket, ev: Event) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._take(ticket, ev)
+        finally:
+            self.metrics.loop_seconds["deliver"] += time.perf_counter() - t0
+
+    def _take(self, ticket: Ticket, ev: Event) -> None:
         now = time.monotonic()
         if isinstance(ev, Token):
             if ev.token_id >= 0:
