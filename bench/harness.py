@@ -239,6 +239,9 @@ class OursServer(Server):
             m = await self.metrics(session)
         parts = {dict(labels)["part"]: v for (name, labels), v in m.items()
                  if name == "ampere_llm_engine_step_seconds_total"}
+        # the event loop's share, beside the engine thread (not part of its step)
+        parts |= {"loop_" + dict(labels)["part"]: v for (name, labels), v in m.items()
+                  if name == "ampere_llm_event_loop_seconds_total"}
         return {"steps": m.get(("ampere_llm_engine_steps_total", ()), 0), "parts": parts}
 
     def request(self, prompt, max_tokens):

@@ -274,6 +274,9 @@ PART_NAMES = {"decode": "llama_decode, generating", "prefill": "llama_decode, re
               "sample": "sampling", "detokenize": "detokenise + stop strings",
               "handoff": "hand-off to the event loop", "batch": "building the batch",
               "schedule": "admission and cancellation"}
+# The event loop's time per step, beside the engine thread's (harness.step_counters).
+LOOP_PARTS = {"loop_deliver": "event loop (beside): taking the engine's events",
+              "loop_sse": "event loop (beside): SSE writes to the clients"}
 
 
 def step_rows(results: dict) -> list[tuple[int, dict]]:
@@ -300,6 +303,10 @@ def _breakdown_md(results: dict) -> list[str]:
             _fmt(b["ms_per_step"].get(part), ".3f") for _, b in rows) + " |")
     lines.append("| engine thread, all parts | " + " | ".join(
         _fmt(b["engine_ms_per_step"], ".3f") for _, b in rows) + " |")
+    for part, name in LOOP_PARTS.items():
+        if any(part in b["ms_per_step"] for _, b in rows):
+            lines.append(f"| {name} | " + " | ".join(
+                _fmt(b["ms_per_step"].get(part), ".3f") for _, b in rows) + " |")
     lines.append("| step interval (wall / steps) | " + " | ".join(
         _fmt(b["step_interval_ms"], ".3f") for _, b in rows) + " |")
     lines.append("| tokens per step | " + " | ".join(_fmt(b["tokens_per_step"], ".2f") for _, b in rows) + " |")

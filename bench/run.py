@@ -112,7 +112,7 @@ def breakdown(rounds: list[dict]) -> dict | None:
     wall = sum(r["wall_s"] for r in rounds)
     ms = {k: v / steps * 1e3 for k, v in parts.items()}
     return {"steps": steps, "ms_per_step": ms, "step_interval_ms": wall / steps * 1e3,
-            "engine_ms_per_step": sum(ms.values()),
+            "engine_ms_per_step": sum(v for k, v in ms.items() if not k.startswith("loop_")),
             "tokens_per_step": sum(s["tokens"] for r in rounds for s in r["samples"]) / steps}
 
 

@@ -48,7 +48,8 @@ def check_run(res: dict) -> None:
         steps = row["ours_steps"]                 # ours' engine thread, per decode step
         assert steps["steps"] > 0 and steps["ms_per_step"]["decode"] > 0
         assert set(steps["ms_per_step"]) == {"schedule", "batch", "prefill", "decode", "sample", "detokenize",
-                                             "handoff"}
+                                             "handoff", "loop_deliver", "loop_sse"}
+        assert steps["ms_per_step"]["loop_sse"] > 0       # the event loop's share, beside the engine
         assert steps["step_interval_ms"] >= steps["engine_ms_per_step"] > 0
         for who in SERVERS:
             fig = row[who]
