@@ -12,9 +12,11 @@ round) with their spread, as `make bench` compares ours with llama-server (repor
 A round that would end past the time budget is not started (at least 2 rounds run), so a full
 sweep stays within ~10 minutes on a 2-core box.
 
-llama.cpp's n_batch / n_ubatch and ours' prefill chunk are arguments of the engine
-(BatchEngine(n_batch=..., prefill_chunk=...)) that the command line does not expose: the sweep
-names them and their values in its report but cannot vary them.
+The prefill chunk (--prefill-chunk: prompt tokens read per step while other streams generate)
+is swept at the usable cores with flash attention on: half and twice the default. The 4 streams
+of a round arrive together, so all but the first are read beside a running stream, where the
+chunk decides how many steps (each with its own pass over the running streams) a prompt takes.
+--batch (llama.cpp's n_batch = n_ubatch) is not: the bench's prompts fit far below it.
 
 Writes <out>/<stamp>-<model>-sweep.{json,md,png} and prints the fastest setting per measure beside
 the defaults.
@@ -22,7 +24,6 @@ the defaults.
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
 import os
 import sys
@@ -46,26 +47,25 @@ MEASURES = {"decode": ("single-stream decode tok/s", True), "ttft": ("single-str
 class Setting:
     threads: int
     flash_attn: str
+    prefill_chunk: int | None = None      # None: the service's default
 
     @property
     def name(self) -> str:
-        return f"threads {self.threads}, flash-attn {self.flash_attn}"
+        chunk = f", prefill chunk {self.prefill_chunk}" if self.prefill_chunk else ""
+        return f"threads {self.threads}, flash-attn {self.flash_attn}{chunk}"
 
     @property
     def slug(self) -> str:
-        return f"t{self.threads}-fa-{self.flash_attn}"
+        chunk = f"-pc{self.prefill_chunk}" if self.prefill_chunk else ""
+        return f"t{self.threads}-fa-{self.flash_attn}{chunk}"
 
 
 def service_defaults() -> dict:
-    """The service's own defaults, read from its code (not copied here): cli.Config for what the
-    command line sets, BatchEngine's signature for what it does not expose."""
-    from ampere_llm_server.batch import BatchEngine
+    """The service's own defaults, read from its code (cli.Config), not copied here."""
     from ampere_llm_server.cli import Config, default_threads
 
-    engine = inspect.signature(BatchEngine.__init__).parameters
     return {"threads": default_threads(), "flash_attn": Config.flash_attn, "parallel": Config.parallel,
-            "ctx": Config.ctx, "n_batch": engine["n_batch"].default,
-            "prefill_chunk": engine["prefill_chunk"].default}
+            "ctx": Config.ctx, "n_batch": Config.batch, "prefill_chunk": Config.prefill_chunk}
 
 
 def thread_counts(cores: int) -> list[int]:
@@ -78,8 +78,9 @@ def thread_counts(cores: int) -> list[int]:
     return sorted(counts)
 
 
-def grid(cores: int) -> list[Setting]:
-    return [Setting(t, fa) for t in thread_counts(cores) for fa in ("on", "off")]
+def grid(cores: int, prefill_chunk: int) -> list[Setting]:
+    return ([Setting(t, fa) for t in thread_counts(cores) for fa in ("on", "off")]
+            + [Setting(cores, "on", c) for c in (prefill_chunk // 2, prefill_chunk * 2)])
 
 
 class SweepServer(OursServer):
@@ -92,8 +93,9 @@ class SweepServer(OursServer):
 
     @property
     def is_default(self) -> bool:
-        return (self.setting.threads, self.setting.flash_attn) == (self.defaults["threads"],
-                                                                    self.defaults["flash_attn"])
+        return ((self.setting.threads, self.setting.flash_attn) == (self.defaults["threads"],
+                                                                     self.defaults["flash_attn"])
+                and self.setting.prefill_chunk is None)
 
     def command(self) -> list[str]:
         exe = Path(sys.executable).parent / "ampere-llm-server"
@@ -102,6 +104,8 @@ class SweepServer(OursServer):
             cmd += ["--threads", str(self.setting.threads)]
         if self.setting.flash_attn != self.defaults["flash_attn"]:
             cmd += ["--flash-attn", self.setting.flash_attn]
+        if self.setting.prefill_chunk is not None:
+            cmd += ["--prefill-chunk", str(self.setting.prefill_chunk)]
         return cmd
 
 
@@ -168,7 +172,7 @@ async def main_async(args, model: Path, versions: dict, say) -> Path:
         cfg["rounds"] = max(MIN_ROUNDS, args.rounds)
     m = harness.machine()
     defaults = service_defaults()
-    settings = grid(m["usable_cores"])
+    settings = grid(m["usable_cores"], defaults["prefill_chunk"])
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out).resolve()
     stem, logs = out / f"{stamp}-{model.stem}-sweep", out / f"{stamp}-sweep-logs"
@@ -176,9 +180,8 @@ async def main_async(args, model: Path, versions: dict, say) -> Path:
     say(f"==> sweep: ours alone on {model.name}, {len(settings)} settings ("
         + "; ".join(s.name for s in settings) + f"), up to {cfg['rounds']} rounds of 1 stream then "
         f"{cfg['streams']} streams, prompt ~{cfg['prompt_tokens']} tokens, {cfg['max_tokens']} generated; "
-        f"the service's defaults: threads {defaults['threads']}, flash-attn {defaults['flash_attn']} "
-        f"(n_batch {defaults['n_batch']} and prefill chunk {defaults['prefill_chunk']} are not on its "
-        f"command line: not swept)")
+        f"the service's defaults: threads {defaults['threads']}, flash-attn {defaults['flash_attn']}, "
+        f"prefill chunk {defaults['prefill_chunk']} (--batch {defaults['n_batch']}: not swept)")
     if report.busy(m["loadavg_start"][0], m["usable_cores"]):
         say(f"    warning: load average {m['loadavg_start'][0]:.1f} on {m['usable_cores']} cores: other work "
             f"is running; settings with more threads suffer most from it")
@@ -197,8 +200,7 @@ async def main_async(args, model: Path, versions: dict, say) -> Path:
     results = {"schema": 1, "kind": "sweep", "started": stamp, "machine": m, "versions": versions,
                "config": {**cfg, "model": model.name, "model_path": str(model), "quick": args.quick,
                           "rounds_done": done, "sampling": harness.GREEDY, "defaults": defaults,
-                          "not_swept": {"n_batch": "BatchEngine argument, not on the command line",
-                                        "prefill_chunk": "BatchEngine argument, not on the command line",
+                          "not_swept": {"n_batch": "the bench's prompts fit far below it",
                                         "parallel": f"slots, not speed: {defaults['parallel']} "
                                                     f"(as llama-server's); the sweep's "
                                                     f"{cfg['streams']} streams fit them"}},
@@ -265,8 +267,8 @@ def markdown(results: dict) -> str:
     lines += ["", "## Fastest per measure", ""]
     lines += [f"- {verdict(k, f)}" for k, f in results["fastest"].items()]
     lines += ["", "## Not swept", "",
-              f"- n_batch / n_ubatch ({d['n_batch']}) and the prefill chunk ({d['prefill_chunk']} tokens per "
-              f"step): arguments of the engine (BatchEngine) that the command line does not expose.",
+              f"- --batch, llama.cpp's n_batch / n_ubatch ({d['n_batch']}): the bench's prompts fit far "
+              f"below it.",
               f"- --parallel ({d['parallel']}): the number of slots, a capacity choice; the sweep's {streams} "
               f"streams fit them.", "",
               "Commands:", ""]

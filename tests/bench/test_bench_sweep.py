@@ -39,12 +39,16 @@ def test_quick_sweep_measures_every_setting(tiny_model: Path, tmp_path: Path) ->
     d = res["config"]["defaults"]
     assert (d["threads"], d["flash_attn"], d["parallel"]) == (len(os.sched_getaffinity(0)), Config.flash_attn,
                                                               Config.parallel)
-    assert d["n_batch"] > 0 and d["prefill_chunk"] > 0          # named, though not on the command line
+    assert (d["n_batch"], d["prefill_chunk"]) == (Config.batch, Config.prefill_chunk)
     cores = res["machine"]["usable_cores"]
-    assert {(s["threads"], s["flash_attn"]) for s in res["settings"]} == {
-        (t, fa) for t in sweep.thread_counts(cores) for fa in ("on", "off")}
+    chunk = Config.prefill_chunk
+    assert {(s["threads"], s["flash_attn"], s["prefill_chunk"]) for s in res["settings"]} == {
+        (t, fa, None) for t in sweep.thread_counts(cores) for fa in ("on", "off")} | {
+        (cores, "on", chunk // 2), (cores, "on", chunk * 2)}
+    for s in res["settings"]:
+        assert (f"--prefill-chunk {s['prefill_chunk']}" in s["command"]) == bool(s["prefill_chunk"])
     (base,) = [s for s in res["settings"] if s["default"]]
-    assert not {"--threads", "--flash-attn"} & set(base["command"].split())   # as a user gets it
+    assert not {"--threads", "--flash-attn", "--prefill-chunk"} & set(base["command"].split())   # as a user gets it
     done = res["config"]["rounds_done"]
     assert done == 2
     for s in res["settings"]:
