@@ -215,7 +215,7 @@ async def test_openai_routes_ignore_unknown_fields_but_refuse_unsupported_ones(c
     r = await client.post("/v1/chat/completions", json={**body, "n": 2})
     assert r.status == 400 and "n: one choice per request" in (await r.json())["error"]["message"]
     r = await client.post("/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 2})
-    assert r.status == 400 and "prompt: more than 1 items" in (await r.json())["error"]["message"]
+    assert r.status == 400 and "prompt: has 2 items; at most 1" in (await r.json())["error"]["message"]
 
 
 class HeldEngine(BatchEngine):

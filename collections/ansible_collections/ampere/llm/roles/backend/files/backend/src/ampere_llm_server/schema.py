@@ -92,7 +92,7 @@ def validate(value: Any, s: S, path: str = "") -> Any:
         if s.min_items is not None and len(value) < s.min_items:
             raise Invalid(path, f"needs at least {s.min_items} item(s)")
         if s.max_items is not None and len(value) > s.max_items:
-            raise Invalid(path, f"more than {s.max_items} items")
+            raise Invalid(path, f"has {len(value)} items; at most {s.max_items}")
         if s.items is not None:
             value = [validate(v, s.items, f"{path}[{i}]") for i, v in enumerate(value)]
     elif t == "object":
