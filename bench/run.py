@@ -47,7 +47,7 @@ import harness
 import report
 from harness import BenchError, LlamaServer, Matched, OursServer, median, quantile
 
-FULL = {"prompt_tokens": 128, "max_tokens": 128, "runs": 6, "rounds": 2, "levels": [1, 2, 4, 8],
+FULL = {"prompt_tokens": 128, "max_tokens": 128, "runs": 6, "rounds": 5, "levels": [1, 2, 4, 8],
         "bench_reps": 3}
 QUICK = {"prompt_tokens": 32, "max_tokens": 32, "runs": 3, "rounds": 1, "levels": [1, 2, 4, 8],
          "bench_reps": 1}
@@ -304,7 +304,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="default: the cores this process may use")
     p.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
     p.add_argument("--levels", type=int, nargs="+", help="concurrent streams to measure (1 is always in)")
-    p.add_argument("--rounds", type=int, help="rounds per level for each server (default: 6 at 1 stream, 2 above)")
+    p.add_argument("--rounds", type=int, help="rounds per level for each server (default: 6 at 1 stream, 5 above: "
+                   "enough pairs for an interquartile range)")
     p.add_argument("--matched", action="store_true",
                    help="both servers at --parallel N for N streams, the same per-slot context and "
                         "flash attention on, instead of each on its own defaults")
